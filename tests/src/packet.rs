@@ -1,0 +1,47 @@
+//! Crafted frames sent through an AF_PACKET socket, for traffic no ordinary socket can produce
+//! (truncated headers, odd ethertypes).
+
+use std::ffi::CString;
+
+use anyhow::{bail, Context as _};
+
+/// Sends `frame` (a whole Ethernet frame) out of `ifname` in the calling thread's namespace.
+pub fn send_raw_frame(ifname: &str, frame: &[u8]) -> anyhow::Result<()> {
+    let c_ifname = CString::new(ifname).context("interface name has a NUL")?;
+    // SAFETY: if_nametoindex reads a valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(c_ifname.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {ifname}");
+    }
+    // SAFETY: plain socket(2) call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        bail!("socket(AF_PACKET): {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: sockaddr_ll is plain data; zeroed is a valid value that we then fill in.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_ifindex = ifindex as i32;
+    address.sll_halen = 6;
+    // The destination MAC is the frame's first six bytes (zeros if the frame is shorter).
+    let mac_len = frame.len().min(6);
+    address.sll_addr[..mac_len].copy_from_slice(&frame[..mac_len]);
+    // SAFETY: buffer and address are valid for the lengths passed.
+    let sent = unsafe {
+        libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&address as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: fd is ours and closed once.
+    unsafe { libc::close(fd) };
+    if sent < 0 {
+        bail!("sendto on {ifname}: {error}");
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! The daemon's event loop. It owns the running state; signals and control requests are events.
+//!
+//! SIGHUP re-reads the config: a config that fails validation, or that changes something only a
+//! restart can change, is refused with a log line and the running config stays in force.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use vpn_common::wan::{TunnelPortKey, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::{
+    config::{Config, Transport},
+    io::{
+        control::{ControlRequest, ControlSocket, Request, Response},
+        ebpf::WanFilter,
+    },
+    status::{Status, TunnelStatus, WanStatus},
+};
+
+/// Runs the daemon until SIGTERM or SIGINT, then removes everything it installed.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path).map_err(|error| anyhow::anyhow!("{error}"))?;
+    tracing::info!(summary = %config.summary(), "config loaded");
+
+    let mut control = ControlSocket::bind(&config.node.control_socket)?;
+    let mut wan = WanFilter::attach(&config.node.name, &config.interfaces.wan, config.interfaces.xdp_mode)
+        .with_context(|| format!("setting up the WAN filter on {}", config.interfaces.wan))?;
+    wan.set_tunnel_ports(&tunnel_ports(&config))?;
+    for tunnel in &config.tunnels {
+        // The OpenVPN engine lands with the protocol work; until then a tunnel is configured only.
+        tracing::warn!(tunnel = %tunnel.name, "tunnel inactive: this build has no OpenVPN engine yet");
+    }
+
+    let (requests_tx, mut requests) = mpsc::channel::<ControlRequest>(16);
+    let control_task = control.serve(requests_tx);
+    let mut state = Running {
+        config_path: config_path.to_owned(),
+        config,
+        wan,
+        started: Instant::now(),
+    };
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    tracing::info!(node = %state.config.node.name, socket = %state.config.node.control_socket.display(), "running");
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => state.reload(),
+            Some((request, reply_to)) = requests.recv() => {
+                let _ = reply_to.send(state.answer(request));
+            }
+        }
+    }
+    control_task.abort();
+    state.wan.detach()?;
+    drop(control);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Running {
+    config_path: PathBuf,
+    config: Config,
+    wan: WanFilter,
+    started: Instant,
+}
+
+impl Running {
+    fn answer(&self, request: Request) -> Response {
+        match request {
+            Request::Status => match self.status() {
+                Ok(status) => Response::Status(Box::new(status)),
+                Err(error) => Response::Error {
+                    message: format!("{error:#}"),
+                },
+            },
+        }
+    }
+
+    fn status(&self) -> anyhow::Result<Status> {
+        Ok(Status {
+            node: self.config.node.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config_path: self.config_path.display().to_string(),
+            config_summary: self.config.summary(),
+            wan: WanStatus {
+                interface: self.wan.interface().to_owned(),
+                xdp_mode: self.wan.attached_mode().to_owned(),
+                pin_dir: self.wan.pin_dir().display().to_string(),
+                counters: self.wan.counters()?,
+            },
+            tunnels: self
+                .config
+                .tunnels
+                .iter()
+                .map(|tunnel| TunnelStatus {
+                    name: tunnel.name.clone(),
+                    role: tunnel.role.to_string(),
+                    transport: tunnel.transport.to_string(),
+                    local: tunnel.local.map(|local| local.to_string()),
+                    remotes: tunnel.remotes.iter().map(ToString::to_string).collect(),
+                    device: tunnel.device.clone(),
+                    state: "inactive".to_owned(),
+                })
+                .collect(),
+        })
+    }
+
+    fn reload(&mut self) {
+        let new = match Config::load(&self.config_path) {
+            Ok(new) => new,
+            Err(error) => {
+                tracing::error!(%error, "SIGHUP: config refused, keeping the running config");
+                return;
+            }
+        };
+        if let Some(what) = restart_only_change(&self.config, &new) {
+            tracing::error!(
+                "SIGHUP: config refused, {what} changes only on restart; keeping the running config"
+            );
+            return;
+        }
+        if let Err(error) = self.wan.set_tunnel_ports(&tunnel_ports(&new)) {
+            tracing::error!(error = %format!("{error:#}"), "SIGHUP: updating tunnel ports failed; keeping the running config");
+            // Put the kernel back in step with the config we keep.
+            if let Err(error) = self.wan.set_tunnel_ports(&tunnel_ports(&self.config)) {
+                tracing::error!(error = %format!("{error:#}"), "restoring tunnel ports");
+            }
+            return;
+        }
+        tracing::info!(summary = %new.summary(), "SIGHUP: config reloaded");
+        self.config = new;
+    }
+}
+
+/// What a running daemon cannot change in place, if `new` changes it.
+fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
+    if old.node != new.node {
+        Some("[node]")
+    } else if old.interfaces != new.interfaces {
+        Some("[interfaces]")
+    } else {
+        None
+    }
+}
+
+/// The transport ports the WAN filter must recognise as tunnel traffic.
+fn tunnel_ports(config: &Config) -> BTreeSet<TunnelPortKey> {
+    config
+        .tunnels
+        .iter()
+        .filter_map(|tunnel| {
+            let protocol = match tunnel.transport {
+                Transport::Udp => IPPROTO_UDP,
+                Transport::Tcp => IPPROTO_TCP,
+            };
+            tunnel
+                .listen_port()
+                .map(|port| TunnelPortKey::new(protocol, port))
+        })
+        .collect()
+}

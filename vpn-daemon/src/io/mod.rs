@@ -1,0 +1,3 @@
+//! Everything that touches the kernel or sockets. The rest of the daemon stays testable without them.
+pub mod control;
+pub mod ebpf;

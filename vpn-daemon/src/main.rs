@@ -1,0 +1,131 @@
+//! `vpn-daemon`: run the appliance daemon, check a config, or ask a running daemon for its status.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use vpn_daemon::{
+    config::Config,
+    io::control::{self, Request, Response},
+};
+
+/// Where control sockets live unless the config says otherwise.
+const DEFAULT_SOCKET_DIR: &str = "/run/vpn-daemon";
+
+#[derive(Parser)]
+#[command(version, about = "OpenVPN-compatible, eBPF-accelerated site-to-site VPN daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground until SIGTERM/SIGINT (SIGHUP reloads the config).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file: prints a one-line summary, or FILE:LINE:COL: reason and exits 1.
+    CheckConfig { file: PathBuf },
+    /// Show the status of a running daemon.
+    Status {
+        /// Control socket to talk to (default: the only socket in /run/vpn-daemon).
+        #[arg(long, conflicts_with = "config")]
+        socket: Option<PathBuf>,
+        /// Take the control socket from this config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(config) => {
+                println!("{}", config.summary());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => report(run(&config)),
+        Command::Status {
+            socket,
+            config,
+            json,
+        } => report(status(socket, config, json)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("vpn-daemon: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Path) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(vpn_daemon::daemon::run(config))
+}
+
+fn status(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let socket = match (socket, config) {
+        (Some(socket), _) => socket,
+        (None, Some(config)) => {
+            Config::load(&config)
+                .map_err(|error| anyhow::anyhow!("{error}"))?
+                .node
+                .control_socket
+        }
+        (None, None) => only_socket_in(Path::new(DEFAULT_SOCKET_DIR))?,
+    };
+    match control::request(&socket, &Request::Status)? {
+        Response::Status(status) if json => {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        Response::Status(status) => {
+            print!("{}", status.render_text());
+            Ok(())
+        }
+        Response::Error { message } => bail!("daemon answered: {message}"),
+    }
+}
+
+fn only_socket_in(dir: &Path) -> anyhow::Result<PathBuf> {
+    let sockets: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("no daemon running? cannot read {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sock"))
+        .collect();
+    match sockets.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no control socket in {} (is vpn-daemon running?)", dir.display()),
+        many => bail!(
+            "several daemons run here; pick one with --socket: {}",
+            many.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}

@@ -1,0 +1,80 @@
+//! Project tasks: `cargo xtask setup | test | demo`. Every task runs `setup` first, so a fresh
+//! machine needs nothing but cargo.
+
+mod demo;
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Tasks of the vpn appliance workspace")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: apt packages, rustup components, bpf-linker (idempotent).
+    Setup,
+    /// Formatting, clippy (warnings denied) and every test tier; privileged tiers need root.
+    Test,
+    /// Run the daemon with an embedded config in network namespaces and show it working.
+    Demo {
+        /// Keep the demo running until Ctrl-C instead of shutting down after showing it.
+        #[arg(long)]
+        hold: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    setup::run()?;
+    match cli.task {
+        Task::Setup => Ok(()),
+        Task::Test => test::run(),
+        Task::Demo { hold } => demo::run(hold),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_owned()
+}
+
+/// Runs a command, inheriting stdio, and fails if it fails.
+pub fn run_command(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Prints a step header and how long the step took.
+pub fn step<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    println!("==> {name}");
+    let started = Instant::now();
+    let result = f();
+    let outcome = if result.is_ok() { "ok" } else { "FAILED" };
+    println!("<== {name}: {outcome} in {:.1}s", started.elapsed().as_secs_f64());
+    result
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

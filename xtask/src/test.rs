@@ -1,0 +1,33 @@
+//! `cargo xtask test`: the one command that checks everything, in tiers. CI runs exactly this.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::{is_root, run_command, step, workspace_root};
+
+pub fn run() -> anyhow::Result<()> {
+    let ci = std::env::var("CI").is_ok_and(|value| value == "true");
+    if ci && !is_root() {
+        bail!("CI=true but not root: the privileged test tiers (netns, eBPF) cannot run");
+    }
+    if !is_root() {
+        println!("note: not root, so the privileged tiers (netns, eBPF) will print SKIP and not run");
+    }
+    let cargo = || {
+        let mut command = Command::new("cargo");
+        command.current_dir(workspace_root());
+        command
+    };
+    step("format", || run_command(cargo().args(["fmt", "--all", "--", "--check"])))?;
+    step("clippy (warnings denied)", || {
+        run_command(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+    })?;
+    step("tier 1-2: unit, property, config and CLI tests", || {
+        run_command(cargo().args(["test", "--workspace", "--exclude", "vpn-ebpf", "--exclude", "vpn-tests"]))
+    })?;
+    step("tier 4: netns tests (real kernel, veth, XDP)", || {
+        run_command(cargo().args(["test", "--package", "vpn-tests"]))
+    })?;
+    Ok(())
+}
