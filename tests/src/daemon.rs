@@ -24,7 +24,15 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 fn build_binary() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(cargo)
-        .args(["build", "--quiet", "--package", "vpn-daemon", "--bin", "vpn-daemon", "--message-format=json"])
+        .args([
+            "build",
+            "--quiet",
+            "--package",
+            "vpn-daemon",
+            "--bin",
+            "vpn-daemon",
+            "--message-format=json",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::inherit())
         .output()
@@ -50,7 +58,8 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `vpn-daemon run --config CONFIG` in `ns`; its stderr goes to `log`.
     pub fn start(ns: &NetNs, config: &Path, socket: &Path, log: &Path) -> anyhow::Result<Self> {
-        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = ns
             .command(binary()?.to_str().context("binary path is not UTF-8")?)?
             .args(["run", "--config"])
@@ -89,7 +98,10 @@ impl Daemon {
         })?;
         match (status, exited) {
             (Some(status), _) => Ok(status),
-            (None, code) => bail!("vpn-daemon exited ({code:?}) before it was ready:\n{}", self.log()),
+            (None, code) => bail!(
+                "vpn-daemon exited ({code:?}) before it was ready:\n{}",
+                self.log()
+            ),
         }
     }
 
@@ -98,15 +110,21 @@ impl Daemon {
     }
 
     pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
-        signal_child(self.child.as_ref().context("daemon already stopped")?, signal)
+        signal_child(
+            self.child.as_ref().context("daemon already stopped")?,
+            signal,
+        )
     }
 
     /// Sends SIGTERM and waits for the daemon to exit.
     /// If it does not exit in time it is killed and the timeout is the error.
     pub fn stop(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let mut child = self.child.take().context("daemon already stopped")?;
-        let status = signal_child(&child, libc::SIGTERM)
-            .and_then(|()| wait_for("vpn-daemon to exit after SIGTERM", timeout, || child.try_wait().ok().flatten()));
+        let status = signal_child(&child, libc::SIGTERM).and_then(|()| {
+            wait_for("vpn-daemon to exit after SIGTERM", timeout, || {
+                child.try_wait().ok().flatten()
+            })
+        });
         if status.is_err() {
             let _ = child.kill();
             let _ = child.wait();
@@ -145,7 +163,10 @@ pub fn status_json(socket: &Path) -> anyhow::Result<serde_json::Value> {
         .output()
         .context("running vpn-daemon status")?;
     if !output.status.success() {
-        bail!("vpn-daemon status: {}", String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "vpn-daemon status: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     serde_json::from_slice(&output.stdout).context("parsing vpn-daemon status --json")
 }

@@ -54,7 +54,8 @@ impl NetNs {
     /// A command that runs in this namespace (only the network namespace changes: unlike
     /// `ip netns exec`, /sys and its bpf filesystem stay the host's, so pins are visible).
     pub fn command(&self, program: &str) -> anyhow::Result<Command> {
-        let netns = File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))?;
+        let netns = File::open(self.path())
+            .with_context(|| format!("opening {}", self.path().display()))?;
         let mut command = Command::new(program);
         // SAFETY: the closure only calls setns(2), which is async-signal-safe, on an fd opened
         // before the fork.
@@ -72,7 +73,11 @@ impl NetNs {
     /// Runs `argv` in this namespace (through `ip netns exec`, so sysctl sees its /proc/sys/net)
     /// and fails with its stderr if it exits non-zero.
     pub fn exec(&self, argv: &[&str]) -> anyhow::Result<Output> {
-        run_checked(Command::new("ip").args(["netns", "exec", &self.name]).args(argv))
+        run_checked(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(argv),
+        )
     }
 
     /// `ip -n <ns> ARGS...`
@@ -86,7 +91,8 @@ impl NetNs {
         &self,
         f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let netns = File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))?;
+        let netns = File::open(self.path())
+            .with_context(|| format!("opening {}", self.path().display()))?;
         std::thread::spawn(move || {
             // SAFETY: setns on a valid namespace fd affects only this short-lived thread.
             if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -113,7 +119,17 @@ pub fn veth_pair(
     (b, b_if, b_addr): (&NetNs, &str, &str),
 ) -> anyhow::Result<()> {
     run_checked(Command::new("ip").args([
-        "link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns",
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
         b.name(),
     ]))?;
     for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {

@@ -81,21 +81,36 @@ fn daemon_counts_wan_traffic_reloads_and_cleans_up() {
     }
     let site = NetNs::new("site").unwrap();
     let peer = NetNs::new("peer").unwrap();
-    veth_pair((&site, "wan0", "10.77.0.1/24"), (&peer, "peer0", "10.77.0.2/24")).unwrap();
+    veth_pair(
+        (&site, "wan0", "10.77.0.1/24"),
+        (&peer, "peer0", "10.77.0.2/24"),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let node = node_name("w");
     let config = write_config(dir.path(), &node, "wan0", 1194);
     let socket = dir.path().join("control.sock");
     let pin_dir = PathBuf::from("/sys/fs/bpf").join(&node);
 
-    let mut daemon = Daemon::start(&site, &config, &socket, &dir.path().join("daemon.log")).unwrap();
+    let mut daemon =
+        Daemon::start(&site, &config, &socket, &dir.path().join("daemon.log")).unwrap();
     let status = daemon.wait_ready(Duration::from_secs(20)).unwrap();
     assert_eq!(status["node"], node.as_str());
-    assert_eq!(status["wan"]["xdp_mode"], "native", "veth supports native XDP");
+    assert_eq!(
+        status["wan"]["xdp_mode"], "native",
+        "veth supports native XDP"
+    );
     assert_eq!(status["tunnels"][0]["name"], "clients");
-    assert!(site.ip(&["link", "show", "wan0"]).unwrap().contains("xdp"), "XDP attached to wan0");
+    assert!(
+        site.ip(&["link", "show", "wan0"]).unwrap().contains("xdp"),
+        "XDP attached to wan0"
+    );
     for map in ["TUNNEL_PORTS", "WAN_COUNTERS"] {
-        assert!(pin_dir.join(map).exists(), "{map} pinned in {}", pin_dir.display());
+        assert!(
+            pin_dir.join(map).exists(),
+            "{map} pinned in {}",
+            pin_dir.display()
+        );
     }
 
     // Real traffic from the peer: datagrams to the tunnel port, to another port, and frames
@@ -125,27 +140,46 @@ fn daemon_counts_wan_traffic_reloads_and_cleans_up() {
     .unwrap_or_else(|error| panic!("{error:#}; daemon log:\n{}", daemon.log()));
     assert_eq!(counter(&status, "tunnel_packets"), TUNNEL_PACKETS);
     assert_eq!(counter(&status, "malformed"), TRUNCATED_FRAMES);
-    assert!(counter(&status, "non_ip") >= 1, "ARP from the peer is counted as non-IP");
+    assert!(
+        counter(&status, "non_ip") >= 1,
+        "ARP from the peer is counted as non-IP"
+    );
 
     // A reload with an invalid config is refused and the running config stays in force.
     let good_config = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, good_config.replace("role = \"server\"", "role = \"sever\"")).unwrap();
+    std::fs::write(
+        &config,
+        good_config.replace("role = \"server\"", "role = \"sever\""),
+    )
+    .unwrap();
     daemon.signal(libc::SIGHUP).unwrap();
-    wait_for("the refused reload to be logged", Duration::from_secs(10), || {
-        daemon.log().contains("SIGHUP: config refused").then_some(())
-    })
+    wait_for(
+        "the refused reload to be logged",
+        Duration::from_secs(10),
+        || {
+            daemon
+                .log()
+                .contains("SIGHUP: config refused")
+                .then_some(())
+        },
+    )
     .unwrap();
     send_udp(&peer, 1194, 10);
-    wait_for("tunnel port still recognised", Duration::from_secs(10), || {
-        (counter(&daemon.status().ok()?, "tunnel_packets") == TUNNEL_PACKETS + 10).then_some(())
-    })
+    wait_for(
+        "tunnel port still recognised",
+        Duration::from_secs(10),
+        || (counter(&daemon.status().ok()?, "tunnel_packets") == TUNNEL_PACKETS + 10).then_some(()),
+    )
     .unwrap();
 
     // A valid reload moves the tunnel port: the map follows, the old port is plain traffic.
     write_config(dir.path(), &node, "wan0", 1195);
     daemon.signal(libc::SIGHUP).unwrap();
     wait_for("the reload to be applied", Duration::from_secs(10), || {
-        daemon.log().contains("SIGHUP: config reloaded").then_some(())
+        daemon
+            .log()
+            .contains("SIGHUP: config reloaded")
+            .then_some(())
     })
     .unwrap();
     send_udp(&peer, 1195, 7);
@@ -157,8 +191,15 @@ fn daemon_counts_wan_traffic_reloads_and_cleans_up() {
 
     // SIGTERM: clean exit, and nothing of ours left in the kernel or on disk.
     let exit = daemon.stop(Duration::from_secs(10)).unwrap();
-    assert!(exit.success(), "daemon exit status {exit}; log:\n{}", daemon.log());
-    assert!(!site.ip(&["link", "show", "wan0"]).unwrap().contains("xdp"), "XDP detached");
+    assert!(
+        exit.success(),
+        "daemon exit status {exit}; log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        !site.ip(&["link", "show", "wan0"]).unwrap().contains("xdp"),
+        "XDP detached"
+    );
     assert!(!pin_dir.exists(), "pins removed");
     assert!(!socket.exists(), "control socket removed");
 }
@@ -173,12 +214,16 @@ fn daemon_refuses_missing_wan_and_leaves_nothing_behind() {
     let node = node_name("m");
     let config = write_config(dir.path(), &node, "absent0", 1194);
     let socket = dir.path().join("control.sock");
-    let mut daemon = Daemon::start(&site, &config, &socket, &dir.path().join("daemon.log")).unwrap();
+    let mut daemon =
+        Daemon::start(&site, &config, &socket, &dir.path().join("daemon.log")).unwrap();
     let error = daemon.wait_ready(Duration::from_secs(20)).unwrap_err();
     assert!(
         format!("{error:#}").contains("absent0"),
         "the error names the missing interface: {error:#}"
     );
-    assert!(!PathBuf::from("/sys/fs/bpf").join(&node).exists(), "no pins left");
+    assert!(
+        !PathBuf::from("/sys/fs/bpf").join(&node).exists(),
+        "no pins left"
+    );
     assert!(!socket.exists(), "no control socket left");
 }

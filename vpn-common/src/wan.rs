@@ -26,7 +26,11 @@ const _: () = assert!(core::mem::size_of::<TunnelPortKey>() == 4);
 
 impl TunnelPortKey {
     pub const fn new(protocol: u8, port: u16) -> Self {
-        Self { port, protocol, _pad: 0 }
+        Self {
+            port,
+            protocol,
+            _pad: 0,
+        }
     }
 }
 
@@ -46,8 +50,12 @@ pub enum WanCounter {
 
 impl WanCounter {
     pub const COUNT: u32 = 4;
-    pub const ALL: [WanCounter; Self::COUNT as usize] =
-        [Self::TunnelPacket, Self::OtherIp, Self::NonIp, Self::Malformed];
+    pub const ALL: [WanCounter; Self::COUNT as usize] = [
+        Self::TunnelPacket,
+        Self::OtherIp,
+        Self::NonIp,
+        Self::Malformed,
+    ];
 
     /// Stable name used in `vpn-daemon status` and its JSON.
     pub const fn name(self) -> &'static str {

@@ -31,8 +31,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!(summary = %config.summary(), "config loaded");
 
     let mut control = ControlSocket::bind(&config.node.control_socket)?;
-    let mut wan = WanFilter::attach(&config.node.name, &config.interfaces.wan, config.interfaces.xdp_mode)
-        .with_context(|| format!("setting up the WAN filter on {}", config.interfaces.wan))?;
+    let mut wan = WanFilter::attach(
+        &config.node.name,
+        &config.interfaces.wan,
+        config.interfaces.xdp_mode,
+    )
+    .with_context(|| format!("setting up the WAN filter on {}", config.interfaces.wan))?;
     wan.set_tunnel_ports(&tunnel_ports(&config))?;
     for tunnel in &config.tunnels {
         // The OpenVPN engine lands with the protocol work; until then a tunnel is configured only.

@@ -17,7 +17,10 @@ use vpn_daemon::{
 const DEFAULT_SOCKET_DIR: &str = "/run/vpn-daemon";
 
 #[derive(Parser)]
-#[command(version, about = "OpenVPN-compatible, eBPF-accelerated site-to-site VPN daemon")]
+#[command(
+    version,
+    about = "OpenVPN-compatible, eBPF-accelerated site-to-site VPN daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,7 +83,9 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 
 fn run(config: &Path) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     tokio::runtime::Builder::new_multi_thread()
@@ -122,10 +127,16 @@ fn only_socket_in(dir: &Path) -> anyhow::Result<PathBuf> {
         .collect();
     match sockets.as_slice() {
         [one] => Ok(one.clone()),
-        [] => bail!("no control socket in {} (is vpn-daemon running?)", dir.display()),
+        [] => bail!(
+            "no control socket in {} (is vpn-daemon running?)",
+            dir.display()
+        ),
         many => bail!(
             "several daemons run here; pick one with --socket: {}",
-            many.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|path| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }

@@ -8,7 +8,8 @@ use vpn_common::wan::{TunnelPortKey, WanCounter, MAX_TUNNEL_PORTS};
 
 /// Ports our tunnels listen on (filled by the daemon from its config).
 #[map]
-pub static TUNNEL_PORTS: HashMap<TunnelPortKey, u8> = HashMap::with_max_entries(MAX_TUNNEL_PORTS, 0);
+pub static TUNNEL_PORTS: HashMap<TunnelPortKey, u8> =
+    HashMap::with_max_entries(MAX_TUNNEL_PORTS, 0);
 
 /// One `u64` per [`WanCounter`], per CPU; the daemon sums them.
 #[map]

@@ -58,7 +58,7 @@ fn classify(ctx: &XdpContext) -> WanCounter {
     };
     let key = TunnelPortKey::new(protocol, dst_port);
     // SAFETY: the value is only tested for presence, never held across a map update.
-    if unsafe { TUNNEL_PORTS.get(&key) }.is_some() {
+    if unsafe { TUNNEL_PORTS.get(key) }.is_some() {
         WanCounter::TunnelPacket
     } else {
         WanCounter::OtherIp

@@ -23,7 +23,10 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
     let daemon_binary = step("build vpn-daemon", vpn_tests::daemon::binary)?;
     let site = NetNs::new("demo-site")?;
     let peer = NetNs::new("demo-peer")?;
-    veth_pair((&site, "wan0", "10.77.0.1/24"), (&peer, "peer0", "10.77.0.2/24"))?;
+    veth_pair(
+        (&site, "wan0", "10.77.0.1/24"),
+        (&peer, "peer0", "10.77.0.2/24"),
+    )?;
 
     let dir = tempfile::tempdir()?;
     let node = format!("demo{}", std::process::id());
@@ -40,8 +43,10 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
 
     let log = dir.path().join("daemon.log");
     let mut daemon = Daemon::start(&site, &config_path, &socket, &log)?;
-    step("start vpn-daemon in namespace", || daemon.wait_ready(Duration::from_secs(30)))
-        .with_context(|| format!("daemon log:\n{}", daemon.log()))?;
+    step("start vpn-daemon in namespace", || {
+        daemon.wait_ready(Duration::from_secs(30))
+    })
+    .with_context(|| format!("daemon log:\n{}", daemon.log()))?;
     show_status(&daemon_binary, &socket, "status after start")?;
 
     step("send traffic from the peer namespace", || {
@@ -55,17 +60,32 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         })
     })?;
     std::thread::sleep(Duration::from_millis(200));
-    show_status(&daemon_binary, &socket, "status after 100 datagrams to the tunnel port and 100 to another")?;
+    show_status(
+        &daemon_binary,
+        &socket,
+        "status after 100 datagrams to the tunnel port and 100 to another",
+    )?;
     println!("--- bpftool map dump pinned /sys/fs/bpf/{node}/TUNNEL_PORTS");
     let _ = Command::new("bpftool")
-        .args(["map", "dump", "pinned", &format!("/sys/fs/bpf/{node}/TUNNEL_PORTS")])
+        .args([
+            "map",
+            "dump",
+            "pinned",
+            &format!("/sys/fs/bpf/{node}/TUNNEL_PORTS"),
+        ])
         .status();
 
     if hold {
-        println!("holding: daemon pid {:?}, socket {}; Ctrl-C to stop", daemon.pid(), socket.display());
+        println!(
+            "holding: daemon pid {:?}, socket {}; Ctrl-C to stop",
+            daemon.pid(),
+            socket.display()
+        );
         wait_for_interrupt();
     }
-    let exit = step("stop vpn-daemon (SIGTERM)", || daemon.stop(Duration::from_secs(10)))?;
+    let exit = step("stop vpn-daemon (SIGTERM)", || {
+        daemon.stop(Duration::from_secs(10))
+    })?;
     if !exit.success() {
         bail!("vpn-daemon exited with {exit}; log:\n{}", daemon.log());
     }
@@ -78,9 +98,18 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show_status(binary: &std::path::Path, socket: &std::path::Path, title: &str) -> anyhow::Result<()> {
+fn show_status(
+    binary: &std::path::Path,
+    socket: &std::path::Path,
+    title: &str,
+) -> anyhow::Result<()> {
     println!("--- vpn-daemon status ({title})");
-    crate::run_command(Command::new(binary).arg("status").arg("--socket").arg(socket))
+    crate::run_command(
+        Command::new(binary)
+            .arg("status")
+            .arg("--socket")
+            .arg(socket),
+    )
 }
 
 /// Blocks until SIGINT or SIGTERM reaches this process.

@@ -70,7 +70,10 @@ pub fn step<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Res
     let started = Instant::now();
     let result = f();
     let outcome = if result.is_ok() { "ok" } else { "FAILED" };
-    println!("<== {name}: {outcome} in {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "<== {name}: {outcome} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     result
 }
 

@@ -64,7 +64,9 @@ fn dpkg_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()
-        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains("install ok installed"))
+        .is_ok_and(|output| {
+            String::from_utf8_lossy(&output.stdout).contains("install ok installed")
+        })
 }
 
 fn ensure_rustup_components() -> anyhow::Result<()> {
@@ -75,7 +77,11 @@ fn ensure_rustup_components() -> anyhow::Result<()> {
              (rustup toolchain install nightly --component rust-src)"
         );
     }
-    for (toolchain, component) in [("stable", "rustfmt"), ("stable", "clippy"), ("nightly", "rust-src")] {
+    for (toolchain, component) in [
+        ("stable", "rustfmt"),
+        ("stable", "clippy"),
+        ("nightly", "rust-src"),
+    ] {
         let installed = capture(Command::new("rustup").args([
             "component",
             "list",
@@ -85,7 +91,13 @@ fn ensure_rustup_components() -> anyhow::Result<()> {
         ]))?;
         if !installed.lines().any(|line| line.starts_with(component)) {
             println!("setup: rustup component add {component} --toolchain {toolchain}");
-            run_command(Command::new("rustup").args(["component", "add", component, "--toolchain", toolchain]))?;
+            run_command(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                toolchain,
+            ]))?;
         }
     }
     Ok(())
@@ -100,10 +112,19 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
-    let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
     run_command(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("PATH", path)
             .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
@@ -116,7 +137,10 @@ fn capture(command: &mut Command) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("running {command:?}"))?;
     if !output.status.success() {
-        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

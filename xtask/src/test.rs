@@ -12,19 +12,37 @@ pub fn run() -> anyhow::Result<()> {
         bail!("CI=true but not root: the privileged test tiers (netns, eBPF) cannot run");
     }
     if !is_root() {
-        println!("note: not root, so the privileged tiers (netns, eBPF) will print SKIP and not run");
+        println!(
+            "note: not root, so the privileged tiers (netns, eBPF) will print SKIP and not run"
+        );
     }
     let cargo = || {
         let mut command = Command::new("cargo");
         command.current_dir(workspace_root());
         command
     };
-    step("format", || run_command(cargo().args(["fmt", "--all", "--", "--check"])))?;
+    step("format", || {
+        run_command(cargo().args(["fmt", "--all", "--", "--check"]))
+    })?;
     step("clippy (warnings denied)", || {
-        run_command(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+        run_command(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
     })?;
     step("tier 1-2: unit, property, config and CLI tests", || {
-        run_command(cargo().args(["test", "--workspace", "--exclude", "vpn-ebpf", "--exclude", "vpn-tests"]))
+        run_command(cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "vpn-ebpf",
+            "--exclude",
+            "vpn-tests",
+        ]))
     })?;
     step("tier 4: netns tests (real kernel, veth, XDP)", || {
         run_command(cargo().args(["test", "--package", "vpn-tests"]))

@@ -13,7 +13,9 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader as AsyncBufReader},
+    io::{
+        AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader as AsyncBufReader,
+    },
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
@@ -107,7 +109,10 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn serve_client(stream: UnixStream, requests: mpsc::Sender<ControlRequest>) -> anyhow::Result<()> {
+async fn serve_client(
+    stream: UnixStream,
+    requests: mpsc::Sender<ControlRequest>,
+) -> anyhow::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut lines = AsyncBufReader::new(reader.take(MAX_REQUEST_BYTES as u64 * 16)).lines();
     while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
@@ -143,7 +148,10 @@ async fn serve_client(stream: UnixStream, requests: mpsc::Sender<ControlRequest>
 /// Client side (used by `vpn-daemon status`): sends one request and waits for its answer.
 pub fn request(socket: &Path, request: &Request) -> anyhow::Result<Response> {
     let mut stream = StdUnixStream::connect(socket).with_context(|| {
-        format!("connecting to {} (is vpn-daemon running?)", socket.display())
+        format!(
+            "connecting to {} (is vpn-daemon running?)",
+            socket.display()
+        )
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = serde_json::to_vec(request)?;
@@ -153,5 +161,6 @@ pub fn request(socket: &Path, request: &Request) -> anyhow::Result<Response> {
     BufReader::new(&stream)
         .read_line(&mut answer)
         .with_context(|| format!("reading the answer from {}", socket.display()))?;
-    serde_json::from_str(&answer).with_context(|| format!("malformed answer from {}", socket.display()))
+    serde_json::from_str(&answer)
+        .with_context(|| format!("malformed answer from {}", socket.display()))
 }

@@ -183,13 +183,20 @@ fn ensure_bpffs_mounted() -> anyhow::Result<()> {
     // SAFETY: `root` is a valid C string and `stat` a properly sized, writable statfs buffer.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above; statfs only writes into `stat`.
-    if unsafe { libc::statfs(root.as_ptr(), &mut stat) } == 0 && stat.f_type as i64 == BPF_FS_MAGIC {
+    if unsafe { libc::statfs(root.as_ptr(), &mut stat) } == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+    {
         return Ok(());
     }
     let fstype = CString::new("bpf").expect("constant has no NUL");
     // SAFETY: all pointers are valid C strings that outlive the call; no data argument.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), root.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            root.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         bail!(

@@ -1,0 +1,404 @@
+//! The TOML config file, schema v1, turned into a typed [`Config`].
+//!
+//! `vpn-daemon/examples/site-a.toml` documents every key. Loading is strict: unknown keys, wrong
+//! types, bad values, missing files and conflicts between tunnels are all errors, and every error
+//! says where it is as `FILE:LINE:COL: reason` (see [`ConfigError`]).
+//!
+//! Layout: `raw` is the file as serde sees it, `values` and `files` check single values and the
+//! files they name, `validate` turns the raw file into a [`Config`] and does the cross-checks.
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod error;
+mod files;
+mod raw;
+mod validate;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::ConfigError;
+
+/// The only schema version this daemon reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// A validated config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// The file it was read from, as the caller named it.
+    pub path: PathBuf,
+    /// `[node]`: this appliance.
+    pub node: Node,
+    /// `[pki]`: certificate, key and trust anchors (paths resolved and checked).
+    pub pki: Pki,
+    /// `[interfaces]`: where the appliance meets the networks.
+    pub interfaces: Interfaces,
+    /// `[[tunnel]]`, in file order.
+    pub tunnels: Vec<Tunnel>,
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`. Unreadable files (missing, not UTF-8, too
+    /// big) are [`ConfigError`]s too, at line 1 column 1 or at the first bad byte.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let bytes = files::read_small_file(path).map_err(|error| ConfigError {
+            file: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            reason: format!("cannot read the config file: {error}"),
+        })?;
+        Self::parse_bytes(&bytes, path)
+    }
+
+    /// Validates `text` as if read from `path`; relative paths in the file resolve against the
+    /// directory of `path`, and the files they name are checked.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        validate::config(text, path).map_err(|problem| problem.locate(text, path))
+    }
+
+    /// Like [`Config::parse`] for raw file contents, which may not be UTF-8.
+    fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::parse(text, path),
+            Err(utf8_error) => {
+                let valid_up_to = utf8_error.valid_up_to();
+                // The prefix is valid UTF-8 by definition, so this cannot fail.
+                let valid_prefix = std::str::from_utf8(&bytes[..valid_up_to]).unwrap_or("");
+                let bad_byte = bytes.get(valid_up_to).copied().unwrap_or(0);
+                let problem = error::Problem::at(
+                    valid_up_to..valid_up_to,
+                    format!("the file is not valid UTF-8 (byte 0x{bad_byte:02x}); TOML files must be UTF-8"),
+                );
+                Err(problem.locate(valid_prefix, path))
+            }
+        }
+    }
+
+    /// One line for logs and `check-config`, e.g.
+    /// `site-a: 2 tunnels (to-site-b: p2p/udp, clients: server/tcp), wan eth0, lan eth1`.
+    pub fn summary(&self) -> String {
+        let count = self.tunnels.len();
+        let mut summary = format!(
+            "{}: {count} tunnel{}",
+            self.node.name,
+            if count == 1 { "" } else { "s" }
+        );
+        if count > 0 {
+            let tunnels: Vec<String> = self
+                .tunnels
+                .iter()
+                .map(|tunnel| format!("{}: {}/{}", tunnel.name, tunnel.role, tunnel.transport))
+                .collect();
+            summary.push_str(&format!(" ({})", tunnels.join(", ")));
+        }
+        summary.push_str(&format!(", wan {}", self.interfaces.wan));
+        if let Some(lan) = &self.interfaces.lan {
+            summary.push_str(&format!(", lan {lan}"));
+        }
+        summary
+    }
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    /// 1-15 characters of `[a-z0-9-]`, starting with a letter; names /sys/fs/bpf/<name>/.
+    pub name: String,
+    /// Where `vpn-daemon status` finds the daemon; default `/run/vpn-daemon/<name>.sock`.
+    pub control_socket: PathBuf,
+}
+
+/// `[pki]`, with every path resolved against the config file's directory and checked to hold
+/// the right kind of PEM block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pki {
+    /// CA certificate(s) that peer certificates must chain to.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key (unencrypted PEM).
+    pub key: PathBuf,
+    /// Optional certificate revocation list.
+    pub crl: Option<PathBuf>,
+}
+
+/// `[interfaces]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Interfaces {
+    /// The WAN interface the XDP filter attaches to.
+    pub wan: String,
+    /// The LAN interface, if the appliance routes one.
+    pub lan: Option<String>,
+    /// How the XDP program is attached to `wan`.
+    pub xdp_mode: XdpMode,
+}
+
+/// How to attach the XDP program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode if the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// Driver mode only; fail if the driver cannot.
+    Native,
+    /// Generic (skb) mode: works everywhere, slower.
+    Generic,
+}
+
+/// One `[[tunnel]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tunnel {
+    /// Unique among tunnels; 1-32 characters of `[a-z0-9-]`.
+    pub name: String,
+    /// Which end of an OpenVPN connection this is.
+    pub role: Role,
+    /// Outer transport; default UDP.
+    pub transport: Transport,
+    /// Where to bind; required for server and p2p. Port 0 means "any port".
+    pub local: Option<SocketAddr>,
+    /// Peers to connect to, tried in order; empty for a server.
+    pub remotes: Vec<SocketAddr>,
+    /// The tun device; default `vpn-` + the first 11 characters of the name.
+    pub device: String,
+    /// Data-channel ciphers in order of preference (never empty).
+    pub ciphers: Vec<Cipher>,
+    /// tls-auth, tls-crypt or nothing around the control channel.
+    pub control_protection: ControlProtection,
+    /// Liveness checks, if configured.
+    pub keepalive: Option<Keepalive>,
+    /// Data-channel key renegotiation interval; zero means never.
+    pub reneg_interval: Duration,
+    /// Tunnel MTU, 576..=9000.
+    pub mtu: u16,
+    /// How the tunnel's inner addresses are set up, by role.
+    pub addressing: Addressing,
+    /// Prefixes routed through this tunnel.
+    pub routes: Vec<ipnet::IpNet>,
+    /// Required extended key usage of the peer's certificate.
+    pub remote_cert_tls: Option<CertUsage>,
+    /// Required common name of the peer's certificate.
+    pub verify_x509_name: Option<String>,
+}
+
+impl Tunnel {
+    /// The local port to listen on, if `local` is set and its port is not 0.
+    pub fn listen_port(&self) -> Option<u16> {
+        self.local
+            .map(|local| local.port())
+            .filter(|&port| port != 0)
+    }
+}
+
+/// Which end of an OpenVPN connection a tunnel is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Connects to a server (`client` in OpenVPN).
+    Client,
+    /// Accepts many clients and hands out addresses (`server` in OpenVPN).
+    Server,
+    /// One peer, fixed addresses (`ifconfig` + `tls-server`/`tls-client` in OpenVPN).
+    P2p,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            Role::Client => "client",
+            Role::Server => "server",
+            Role::P2p => "p2p",
+        })
+    }
+}
+
+/// Outer transport of a tunnel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// UDP (the default, and what the XDP fast path handles best).
+    #[default]
+    Udp,
+    /// TCP, for networks that block UDP.
+    Tcp,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        })
+    }
+}
+
+/// A data-channel cipher, named as OpenVPN names it. Only AEAD ciphers: no CBC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Cipher {
+    /// `AES-256-GCM`
+    #[serde(rename = "AES-256-GCM")]
+    Aes256Gcm,
+    /// `AES-128-GCM`
+    #[serde(rename = "AES-128-GCM")]
+    Aes128Gcm,
+    /// `CHACHA20-POLY1305`
+    #[serde(rename = "CHACHA20-POLY1305")]
+    Chacha20Poly1305,
+}
+
+impl Cipher {
+    /// Every supported cipher, in the default order of preference.
+    pub const ALL: [Cipher; 3] = [
+        Cipher::Aes256Gcm,
+        Cipher::Aes128Gcm,
+        Cipher::Chacha20Poly1305,
+    ];
+
+    /// The OpenVPN name, e.g. `AES-256-GCM`.
+    pub fn openvpn_name(self) -> &'static str {
+        match self {
+            Cipher::Aes256Gcm => "AES-256-GCM",
+            Cipher::Aes128Gcm => "AES-128-GCM",
+            Cipher::Chacha20Poly1305 => "CHACHA20-POLY1305",
+        }
+    }
+}
+
+impl fmt::Display for Cipher {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.openvpn_name())
+    }
+}
+
+/// A cipher name that is not one of [`Cipher::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown cipher `{0}`; supported: AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305 (CBC ciphers are not supported)")]
+pub struct UnknownCipher(pub String);
+
+impl FromStr for Cipher {
+    type Err = UnknownCipher;
+
+    /// Case-insensitive, as in OpenVPN (`aes-256-gcm` works too).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Cipher::ALL
+            .into_iter()
+            .find(|cipher| cipher.openvpn_name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| UnknownCipher(name.to_owned()))
+    }
+}
+
+/// What protects the TLS control channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlProtection {
+    /// Plain TLS.
+    None,
+    /// OpenVPN `tls-auth`: an HMAC on every control packet.
+    TlsAuth {
+        /// The static key file (resolved path).
+        key: PathBuf,
+        /// OpenVPN `key-direction`; `None` uses the same key halves in both directions.
+        direction: Option<KeyDirection>,
+        /// The HMAC digest (OpenVPN `auth`).
+        digest: TlsAuthDigest,
+    },
+    /// OpenVPN `tls-crypt`: control packets encrypted and authenticated.
+    TlsCrypt {
+        /// The static key file (resolved path).
+        key: PathBuf,
+    },
+}
+
+/// OpenVPN `key-direction`: which halves of a static key each side uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyDirection {
+    /// `0`, conventionally the server.
+    Normal,
+    /// `1`, conventionally the client.
+    Inverse,
+}
+
+/// HMAC digest for tls-auth.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TlsAuthDigest {
+    /// `SHA1`, OpenVPN's default.
+    #[default]
+    #[serde(rename = "SHA1")]
+    Sha1,
+    /// `SHA256`.
+    #[serde(rename = "SHA256")]
+    Sha256,
+}
+
+/// Liveness checking (OpenVPN `keepalive interval timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Keepalive {
+    /// Send a ping after this long without sending anything.
+    pub interval: Duration,
+    /// Declare the peer dead after this long without hearing from it.
+    pub timeout: Duration,
+}
+
+/// Extended key usage the peer's certificate must carry (OpenVPN `remote-cert-tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertUsage {
+    /// TLS Web Server Authentication.
+    Server,
+    /// TLS Web Client Authentication.
+    Client,
+}
+
+/// Which end of a p2p tunnel runs the TLS server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsRole {
+    /// OpenVPN `tls-server`.
+    Server,
+    /// OpenVPN `tls-client`.
+    Client,
+}
+
+/// How a tunnel's inner addresses are set up; one variant per [`Role`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Addressing {
+    /// Fixed addresses at both ends, like OpenVPN `ifconfig local remote`.
+    P2p {
+        /// Which end runs the TLS server.
+        tls: TlsRole,
+        /// This end's tunnel address.
+        local: Ipv4Addr,
+        /// The peer's tunnel address.
+        remote: Ipv4Addr,
+    },
+    /// Hands out addresses from `subnet` to clients, like OpenVPN `server`.
+    Server {
+        /// The client address pool (host bits clear, /8 to /29).
+        subnet: ipnet::Ipv4Net,
+        /// How addresses are carved out of `subnet`.
+        topology: Topology,
+        /// Routes pushed to clients.
+        push_routes: Vec<ipnet::Ipv4Net>,
+    },
+    /// The address comes from the server's push.
+    Client,
+}
+
+/// OpenVPN `topology` for a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// One address per client in a shared subnet (the default).
+    #[default]
+    Subnet,
+    /// A /30 per client (legacy clients).
+    Net30,
+}

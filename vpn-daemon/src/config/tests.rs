@@ -1,0 +1,714 @@
+//! Config loading end to end: the shipped examples, one test per error class (exact line and
+//! column), and a mutation test that feeds thousands of broken variants of site-a.toml.
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+fn example_text(name: &str) -> String {
+    let path = examples_dir().join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// A config path inside examples/, so that "pki/..." resolves to the example PKI. The file
+/// itself need not exist: `parse` never reads it.
+fn config_path() -> PathBuf {
+    examples_dir().join("test.toml")
+}
+
+/// Lines 1-9; tests append `[[tunnel]]` tables from line 10 on.
+const BASE: &str = r#"version = 1
+[node]
+name = "test"
+[pki]
+ca = "pki/ca.crt"
+cert = "pki/site-a.crt"
+key = "pki/site-a.key"
+[interfaces]
+wan = "eth0"
+"#;
+
+/// A valid p2p tunnel; after [`BASE`] it is lines 10-16, so appended keys land on line 17.
+const P2P_TUNNEL: &str = r#"[[tunnel]]
+name = "p"
+role = "p2p"
+local = "0.0.0.0:1194"
+remote = ["192.0.2.2:1194"]
+tls = "server"
+ifconfig = { local = "10.99.0.1", remote = "10.99.0.2" }
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, &config_path())
+}
+
+/// Asserts that `text` fails at exactly `line`:`column` with a reason containing `reason`.
+#[track_caller]
+fn assert_error(text: &str, line: usize, column: usize, reason: &str) -> ConfigError {
+    let error = match parse(text) {
+        Ok(config) => panic!("expected an error, got {config:#?}"),
+        Err(error) => error,
+    };
+    assert_eq!(
+        (error.line, error.column),
+        (line, column),
+        "wrong location for: {error}"
+    );
+    assert!(
+        error.reason.contains(reason),
+        "reason {:?} does not contain {reason:?}",
+        error.reason
+    );
+    error
+}
+
+#[test]
+fn base_and_p2p_fragments_are_valid() {
+    let config = parse(BASE).unwrap();
+    assert!(config.tunnels.is_empty());
+    assert_eq!(config.summary(), "test: 0 tunnels, wan eth0");
+    let config = parse(&format!("{BASE}{P2P_TUNNEL}")).unwrap();
+    assert_eq!(config.summary(), "test: 1 tunnel (p: p2p/udp), wan eth0");
+}
+
+#[test]
+fn site_a_example_parses_with_the_documented_values() {
+    let path = examples_dir().join("site-a.toml");
+    let config = Config::load(&path).unwrap_or_else(|error| panic!("{error}"));
+    let pki_dir = std::path::absolute(examples_dir().join("pki")).unwrap();
+    assert_eq!(config.path, path);
+    assert_eq!(config.node.name, "site-a");
+    assert_eq!(
+        config.node.control_socket,
+        PathBuf::from("/run/vpn-daemon/site-a.sock")
+    );
+    assert_eq!(
+        config.pki,
+        Pki {
+            ca: pki_dir.join("ca.crt"),
+            cert: pki_dir.join("site-a.crt"),
+            key: pki_dir.join("site-a.key"),
+            crl: Some(pki_dir.join("crl.pem")),
+        }
+    );
+    assert_eq!(
+        config.interfaces,
+        Interfaces {
+            wan: "eth0".to_owned(),
+            lan: Some("eth1".to_owned()),
+            xdp_mode: XdpMode::Auto,
+        }
+    );
+    let [p2p, server] = config.tunnels.as_slice() else {
+        panic!("expected two tunnels, got {:#?}", config.tunnels);
+    };
+    assert_eq!(
+        *p2p,
+        Tunnel {
+            name: "to-site-b".to_owned(),
+            role: Role::P2p,
+            transport: Transport::Udp,
+            local: Some("0.0.0.0:1194".parse().unwrap()),
+            remotes: vec!["192.0.2.2:1194".parse().unwrap()],
+            device: "vpn-to-site-b".to_owned(),
+            ciphers: Cipher::ALL.to_vec(),
+            control_protection: ControlProtection::TlsCrypt {
+                key: pki_dir.join("tc.key")
+            },
+            keepalive: Some(Keepalive {
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(60),
+            }),
+            reneg_interval: Duration::from_secs(3600),
+            mtu: 1500,
+            addressing: Addressing::P2p {
+                tls: TlsRole::Server,
+                local: Ipv4Addr::new(10, 99, 0, 1),
+                remote: Ipv4Addr::new(10, 99, 0, 2),
+            },
+            routes: vec!["10.2.0.0/16".parse().unwrap()],
+            remote_cert_tls: Some(CertUsage::Client),
+            verify_x509_name: Some("site-b".to_owned()),
+        }
+    );
+    assert_eq!(p2p.listen_port(), Some(1194));
+    assert_eq!(server.role, Role::Server);
+    assert_eq!(server.transport, Transport::Tcp);
+    assert_eq!(server.device, "vpn-clients");
+    assert_eq!(server.listen_port(), Some(443));
+    assert!(server.remotes.is_empty());
+    assert_eq!(
+        server.control_protection,
+        ControlProtection::TlsAuth {
+            key: pki_dir.join("ta.key"),
+            direction: Some(KeyDirection::Normal),
+            digest: TlsAuthDigest::Sha256,
+        }
+    );
+    assert_eq!(
+        server.addressing,
+        Addressing::Server {
+            subnet: "10.8.0.0/24".parse().unwrap(),
+            topology: Topology::Subnet,
+            push_routes: vec![
+                "10.1.0.0/16".parse().unwrap(),
+                "10.2.0.0/16".parse().unwrap()
+            ],
+        }
+    );
+    assert_eq!(
+        config.summary(),
+        "site-a: 2 tunnels (to-site-b: p2p/udp, clients: server/tcp), wan eth0, lan eth1"
+    );
+    // The daemon's status output serialises the config.
+    let json = serde_json::to_value(&config).unwrap();
+    assert_eq!(json["tunnels"][0]["ciphers"][2], "CHACHA20-POLY1305");
+    assert_eq!(json["tunnels"][1]["role"], "server");
+}
+
+#[test]
+fn site_b_example_is_the_other_end_of_site_a() {
+    let site_a = Config::load(&examples_dir().join("site-a.toml")).unwrap();
+    let site_b =
+        Config::load(&examples_dir().join("site-b.toml")).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        site_b.summary(),
+        "site-b: 1 tunnel (to-site-a: p2p/udp), wan eth0, lan eth1"
+    );
+    let (a, b) = (&site_a.tunnels[0], &site_b.tunnels[0]);
+    let (
+        Addressing::P2p {
+            tls: a_tls,
+            local: a_local,
+            remote: a_remote,
+        },
+        Addressing::P2p {
+            tls: b_tls,
+            local: b_local,
+            remote: b_remote,
+        },
+    ) = (&a.addressing, &b.addressing)
+    else {
+        panic!("both ends must be p2p");
+    };
+    assert_eq!((a_tls, b_tls), (&TlsRole::Server, &TlsRole::Client));
+    assert_eq!((a_local, a_remote), (b_remote, b_local));
+    assert_eq!(a.control_protection, b.control_protection);
+    assert_eq!(b.remote_cert_tls, Some(CertUsage::Server));
+}
+
+#[test]
+fn defaults_apply_when_optional_keys_are_left_out() {
+    let text = format!(
+        "{BASE}[[tunnel]]\nname = \"a-rather-long-tunnel-name\"\nrole = \"client\"\nremote = [\"[2001:db8::1]:1194\"]\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.node.control_socket,
+        PathBuf::from("/run/vpn-daemon/test.sock")
+    );
+    assert_eq!(config.interfaces.xdp_mode, XdpMode::Auto);
+    assert_eq!(config.pki.crl, None);
+    let tunnel = &config.tunnels[0];
+    assert_eq!(tunnel.transport, Transport::Udp);
+    assert_eq!(tunnel.device, "vpn-a-rather-lo");
+    assert_eq!(tunnel.ciphers, Cipher::ALL.to_vec());
+    assert_eq!(tunnel.control_protection, ControlProtection::None);
+    assert_eq!(tunnel.keepalive, None);
+    assert_eq!(tunnel.reneg_interval, Duration::from_secs(3600));
+    assert_eq!(tunnel.mtu, 1500);
+    assert_eq!(tunnel.addressing, Addressing::Client);
+    assert_eq!(tunnel.local, None);
+    assert_eq!(tunnel.listen_port(), None);
+    assert_eq!(
+        tunnel.remotes,
+        vec!["[2001:db8::1]:1194".parse::<SocketAddr>().unwrap()]
+    );
+}
+
+#[test]
+fn reneg_sec_zero_disables_and_ciphers_parse_case_insensitively() {
+    let text = format!(
+        "{BASE}{P2P_TUNNEL}reneg_sec = 0\nciphers = [\"chacha20-poly1305\", \"AES-128-GCM\"]\n"
+    );
+    let tunnel = &parse(&text).unwrap().tunnels[0];
+    assert_eq!(tunnel.reneg_interval, Duration::ZERO);
+    assert_eq!(
+        tunnel.ciphers,
+        vec![Cipher::Chacha20Poly1305, Cipher::Aes128Gcm]
+    );
+    assert_eq!(Cipher::Aes256Gcm.to_string(), "AES-256-GCM");
+    assert_eq!("AES-256-GCM".parse::<Cipher>(), Ok(Cipher::Aes256Gcm));
+}
+
+#[test]
+fn p2p_over_tcp_tls_server_end_may_omit_remote() {
+    let text = format!(
+        "{BASE}[[tunnel]]\nname = \"p\"\nrole = \"p2p\"\ntransport = \"tcp\"\nlocal = \"0.0.0.0:1194\"\ntls = \"server\"\nifconfig = {{ local = \"10.99.0.1\", remote = \"10.99.0.2\" }}\n"
+    );
+    assert!(parse(&text).unwrap().tunnels[0].remotes.is_empty());
+    // The TLS client end over TCP does need it: the error points at the name (line 11, col 8).
+    let client_end = text.replace("tls = \"server\"", "tls = \"client\"");
+    assert_error(&client_end, 11, 8, "missing required key `remote`");
+    // Over UDP both ends need it.
+    let udp = text.replace("transport = \"tcp\"\n", "");
+    assert_error(&udp, 11, 8, "missing required key `remote`");
+}
+
+// ---- one test per error class ------------------------------------------------------------------
+
+#[test]
+fn unknown_key_points_at_the_typo() {
+    let text = format!("{BASE}{P2P_TUNNEL}trasport = \"udp\"\n");
+    assert_error(&text, 17, 1, "unknown field `trasport`");
+    // In a top-level table too.
+    let text = BASE.replace("wan = ", "wna = ");
+    assert_error(&text, 9, 1, "unknown field `wna`");
+}
+
+#[test]
+fn wrong_type_points_at_the_value() {
+    let text = format!("{BASE}{P2P_TUNNEL}mtu = \"big\"\n");
+    let error = assert_error(&text, 17, 7, "invalid type: string \"big\"");
+    assert!(error.reason.contains("expected an integer"), "{error}");
+}
+
+#[test]
+fn out_of_range_numbers_point_at_the_value() {
+    assert_error(
+        &format!("{BASE}{P2P_TUNNEL}mtu = 100\n"),
+        17,
+        7,
+        "mtu must be between 576 and 9000, got 100",
+    );
+    assert_error(
+        &format!("{BASE}{P2P_TUNNEL}reneg_sec = 5\n"),
+        17,
+        13,
+        "at least 10 seconds",
+    );
+    assert_error(
+        &format!("{BASE}{P2P_TUNNEL}keepalive = {{ interval = 10, timeout = 10 }}\n"),
+        17,
+        40,
+        "keepalive timeout (10s) must be longer than the interval (10s)",
+    );
+}
+
+#[test]
+fn bad_enum_variant_lists_the_valid_ones() {
+    let text = format!("{BASE}{P2P_TUNNEL}").replace("role = \"p2p\"", "role = \"peer\"");
+    assert_error(
+        &text,
+        12,
+        8,
+        "unknown variant `peer`, expected one of `client`, `server`, `p2p`",
+    );
+}
+
+#[test]
+fn bad_local_address() {
+    let text = format!("{BASE}{P2P_TUNNEL}").replace("0.0.0.0:1194", "1.2.3:99");
+    assert_error(&text, 13, 9, "`1.2.3:99` is not a valid IP:PORT address");
+}
+
+#[test]
+fn hostname_in_remote_is_refused_with_a_reason() {
+    let text = format!("{BASE}{P2P_TUNNEL}").replace(
+        "remote = [\"192.0.2.2:1194\"]",
+        "remote = [\"192.0.2.3:1194\", \"vpn.example.com:1194\"]",
+    );
+    assert_error(
+        &text,
+        14,
+        29,
+        "`vpn.example.com:1194` is a hostname; schema v1 needs an IP address",
+    );
+}
+
+#[test]
+fn bad_prefix_and_host_bits_set() {
+    assert_error(
+        &format!("{BASE}{P2P_TUNNEL}routes = [\"10.2.0.0/33\"]\n"),
+        17,
+        11,
+        "route `10.2.0.0/33` is not a valid prefix",
+    );
+    assert_error(
+        &format!("{BASE}{P2P_TUNNEL}routes = [\"10.3.0.0/16\", \"10.2.0.1/16\"]\n"),
+        17,
+        26,
+        "route `10.2.0.1/16` has host bits set; did you mean \"10.2.0.0/16\"?",
+    );
+    assert_error(
+        &format!("{BASE}{P2P_TUNNEL}routes = [\"10.2.0.0/16\", \"10.2.0.0/16\"]\n"),
+        17,
+        26,
+        "route 10.2.0.0/16 is listed twice",
+    );
+}
+
+#[test]
+fn missing_certificate_file_names_the_resolved_path() {
+    let text = BASE.replace("pki/site-a.crt", "pki/missing.crt");
+    let error = assert_error(
+        &text,
+        6,
+        8,
+        "certificate file pki/missing.crt (resolved to /",
+    );
+    assert!(
+        error
+            .reason
+            .ends_with("examples/pki/missing.crt): No such file or directory"),
+        "{error}"
+    );
+}
+
+#[test]
+fn swapped_certificate_and_key_are_recognised() {
+    let text = BASE.replace("pki/site-a.key", "pki/site-a.crt");
+    assert_error(
+        &text,
+        7,
+        7,
+        "holds PEM \"CERTIFICATE\" but no \"PRIVATE KEY\" or \"EC PRIVATE KEY\" or \"RSA PRIVATE KEY\" block",
+    );
+}
+
+#[test]
+fn duplicate_tunnel_names_point_at_the_second_name() {
+    let second = P2P_TUNNEL.replace("0.0.0.0:1194", "0.0.0.0:1195");
+    let text = format!("{BASE}{P2P_TUNNEL}{second}");
+    assert_error(
+        &text,
+        18,
+        8,
+        "duplicate tunnel name `p` (first used on line 11)",
+    );
+}
+
+#[test]
+fn duplicate_device_points_at_the_second_device() {
+    let first = format!("{P2P_TUNNEL}device = \"tun0\"\n");
+    let second = first
+        .replace("name = \"p\"", "name = \"q\"")
+        .replace("0.0.0.0:1194", "0.0.0.0:1195");
+    let text = format!("{BASE}{first}{second}");
+    assert_error(&text, 25, 10, "device `tun0` is already used by tunnel `p`");
+    // A device may not be the WAN interface either.
+    let text = format!("{BASE}{P2P_TUNNEL}device = \"eth0\"\n");
+    assert_error(
+        &text,
+        17,
+        10,
+        "device `eth0` is already used by the wan interface",
+    );
+}
+
+#[test]
+fn port_clash_points_at_the_second_local() {
+    let second = P2P_TUNNEL
+        .replace("name = \"p\"", "name = \"q\"")
+        .replace("0.0.0.0:1194", "192.0.2.1:1194");
+    let text = format!("{BASE}{P2P_TUNNEL}{second}");
+    assert_error(
+        &text,
+        20,
+        9,
+        "local 192.0.2.1:1194/udp clashes with tunnel `p` (0.0.0.0:1194/udp)",
+    );
+    // Same port over another transport, or on another specific address, is fine.
+    let tcp = second.replace("role = \"p2p\"", "role = \"p2p\"\ntransport = \"tcp\"");
+    assert!(parse(&format!("{BASE}{P2P_TUNNEL}{tcp}")).is_ok());
+    let one = P2P_TUNNEL.replace("0.0.0.0:1194", "192.0.2.2:1194");
+    assert!(parse(&format!("{BASE}{one}{second}")).is_ok());
+}
+
+#[test]
+fn tls_auth_and_tls_crypt_together_point_at_the_second_key() {
+    let text = format!(
+        "{BASE}{P2P_TUNNEL}tls_crypt = \"pki/tc.key\"\ntls_auth = {{ key = \"pki/ta.key\" }}\n"
+    );
+    assert_error(
+        &text,
+        18,
+        1,
+        "`tls_auth` and `tls_crypt` cannot be used together",
+    );
+}
+
+#[test]
+fn role_specific_key_on_the_wrong_role_points_at_the_key() {
+    let text = format!(
+        "{BASE}[[tunnel]]\nname = \"c\"\nrole = \"client\"\nremote = [\"192.0.2.2:1194\"]\n  ifconfig = {{ local = \"10.99.0.1\", remote = \"10.99.0.2\" }}\n"
+    );
+    assert_error(&text, 14, 3, "`ifconfig` is only valid for role p2p");
+    let text = format!("{BASE}{P2P_TUNNEL}push_routes = [\"10.1.0.0/16\"]\n");
+    assert_error(&text, 17, 1, "`push_routes` is only valid for role server");
+    let text = format!(
+        "{BASE}[[tunnel]]\nname = \"s\"\nrole = \"server\"\nlocal = \"0.0.0.0:1194\"\nserver = \"10.8.0.0/24\"\nremote = [\"192.0.2.2:1194\"]\n"
+    );
+    assert_error(&text, 15, 1, "`remote` is not valid for role server");
+}
+
+#[test]
+fn missing_role_required_key_points_at_the_tunnel_name() {
+    let text = format!("{BASE}{P2P_TUNNEL}").replace("tls = \"server\"\n", "");
+    assert_error(
+        &text,
+        11,
+        8,
+        "tunnel `p` (role p2p) is missing required key `tls`",
+    );
+    let text =
+        format!("{BASE}[[tunnel]]\nname = \"s\"\nrole = \"server\"\nlocal = \"0.0.0.0:1194\"\n");
+    assert_error(
+        &text,
+        11,
+        8,
+        "tunnel `s` (role server) is missing required key `server`",
+    );
+    // Keys every role needs are reported by the parser, at the [[tunnel]] header.
+    let text = format!("{BASE}[[tunnel]]\nname = \"s\"\n");
+    assert_error(&text, 10, 1, "missing required key `role`");
+}
+
+#[test]
+fn server_subnet_rules() {
+    let server = |subnet: &str| {
+        format!(
+            "{BASE}[[tunnel]]\nname = \"s\"\nrole = \"server\"\nlocal = \"0.0.0.0:1194\"\nserver = \"{subnet}\"\n"
+        )
+    };
+    assert!(parse(&server("10.8.0.0/24")).is_ok());
+    assert_error(
+        &server("10.8.0.1/24"),
+        14,
+        10,
+        "did you mean \"10.8.0.0/24\"?",
+    );
+    assert_error(&server("10.8.0.0/30"), 14, 10, "must be between /8 and /29");
+    assert_error(&server("2001:db8::/64"), 14, 10, "only IPv4");
+}
+
+#[test]
+fn version_must_be_1() {
+    let text = BASE.replace("version = 1", "version = 2");
+    assert_error(&text, 1, 11, "unsupported config version 2");
+    // Judged before unknown keys, which a newer schema may well have.
+    let text = format!("{text}[future]\nkey = 1\n");
+    assert_error(&text, 1, 11, "unsupported config version 2");
+    let text = BASE.replace("version = 1", "version = \"1\"");
+    assert_error(
+        &text,
+        1,
+        11,
+        "`version` must be the integer 1, found a string",
+    );
+    let text = BASE.replace("version = 1\n", "");
+    assert_error(&text, 1, 1, "missing required key `version`");
+}
+
+#[test]
+fn bad_static_key_file_points_at_the_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let short_key = dir.path().join("short.key");
+    let mut contents = String::from("-----BEGIN OpenVPN Static key V1-----\n");
+    for _ in 0..15 {
+        contents.push_str("0123456789abcdef0123456789abcdef\n");
+    }
+    contents.push_str("-----END OpenVPN Static key V1-----\n");
+    std::fs::write(&short_key, contents).unwrap();
+    let text = format!(
+        "{BASE}{P2P_TUNNEL}tls_crypt = \"{}\"\n",
+        short_key.display()
+    );
+    assert_error(
+        &text,
+        17,
+        13,
+        "holds 240 bytes of key material; an OpenVPN static key has 256",
+    );
+    // A PEM file is not a static key either.
+    let text = format!("{BASE}{P2P_TUNNEL}tls_auth = {{ key = \"pki/ca.crt\" }}\n");
+    assert_error(&text, 17, 20, "tls_auth key file pki/ca.crt (resolved to");
+}
+
+#[test]
+fn unknown_cipher_lists_the_supported_ones() {
+    let text = format!("{BASE}{P2P_TUNNEL}ciphers = [\"AES-256-CBC\"]\n");
+    assert_error(
+        &text,
+        17,
+        12,
+        "unknown cipher `AES-256-CBC`; supported: AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305 (CBC ciphers are not supported)",
+    );
+}
+
+#[test]
+fn lan_equal_to_wan_points_at_lan() {
+    let text = BASE.replace("wan = \"eth0\"\n", "wan = \"eth0\"\nlan = \"eth0\"\n");
+    assert_error(&text, 10, 7, "lan and wan are both `eth0`");
+}
+
+#[test]
+fn single_bracket_tunnel_table_gets_a_hint() {
+    let text = format!("{BASE}{P2P_TUNNEL}").replace("[[tunnel]]", "[tunnel]");
+    assert_error(&text, 10, 1, "write each tunnel as [[tunnel]]");
+}
+
+#[test]
+fn toml_syntax_errors_are_located() {
+    let text = BASE.replace("name = \"test\"", "name = \"test");
+    let error = assert_error(&text, 3, 13, "invalid basic string");
+    assert!(!error.reason.contains('\n'));
+}
+
+#[test]
+fn empty_file_is_an_error_at_1_1() {
+    assert_error("", 1, 1, "missing required key `version`");
+}
+
+#[test]
+fn non_utf8_file_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latin1.toml");
+    std::fs::write(&path, b"version = 1\n[node]\nname = \"caf\xe9\"\n").unwrap();
+    let error = Config::load(&path).unwrap_err();
+    assert_eq!((error.line, error.column), (3, 12), "{error}");
+    assert!(error.reason.contains("not valid UTF-8"), "{error}");
+    assert_eq!(error.file, path);
+}
+
+#[test]
+fn unreadable_config_file_is_an_error_at_1_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.toml");
+    let error = Config::load(&path).unwrap_err();
+    assert_eq!((error.line, error.column), (1, 1));
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{}:1:1: cannot read the config file: No such file or directory",
+            path.display()
+        )
+    );
+    // A directory is not a config file either (and reading it must not hang or panic).
+    let error = Config::load(dir.path()).unwrap_err();
+    assert!(error.reason.contains("not a regular file"), "{error}");
+}
+
+#[test]
+fn relative_config_path_keeps_the_callers_spelling_in_errors() {
+    let error = Config::parse("version = 2\n", Path::new("some/dir/x.toml")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "some/dir/x.toml:1:11: unsupported config version 2; this daemon reads version 1"
+    );
+}
+
+// ---- robustness ------------------------------------------------------------------------------
+
+/// xorshift64*: deterministic, so a failure reproduces.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound.max(1) as u64) as usize
+    }
+}
+
+fn mutate(original: &[u8], rng: &mut Rng) -> Vec<u8> {
+    const INTERESTING: &[u8] = b"\"'[]{}=,.#\n\\ 0129afz-_:/\xff\xc3";
+    let mut bytes = original.to_vec();
+    for _ in 0..=rng.below(3) {
+        let line_starts: Vec<usize> = std::iter::once(0)
+            .chain(
+                bytes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &byte)| byte == b'\n')
+                    .map(|(index, _)| index + 1),
+            )
+            .collect();
+        let line_range = |rng: &mut Rng| {
+            let line = rng.below(line_starts.len());
+            let start = line_starts[line];
+            let end = line_starts.get(line + 1).copied().unwrap_or(bytes.len());
+            start..end
+        };
+        match rng.below(6) {
+            0 | 1 if !bytes.is_empty() => {
+                let at = rng.below(bytes.len());
+                bytes[at] = if rng.below(2) == 0 {
+                    INTERESTING[rng.below(INTERESTING.len())]
+                } else {
+                    rng.next() as u8
+                };
+            }
+            2 => bytes.truncate(rng.below(bytes.len() + 1)),
+            3 => {
+                let range = line_range(rng);
+                bytes.drain(range);
+            }
+            4 => {
+                let range = line_range(rng);
+                let line = bytes[range.clone()].to_vec();
+                bytes.splice(range.start..range.start, line);
+            }
+            _ if !bytes.is_empty() => {
+                let at = rng.below(bytes.len());
+                bytes.insert(at, INTERESTING[rng.below(INTERESTING.len())]);
+            }
+            _ => {}
+        }
+    }
+    bytes
+}
+
+#[test]
+fn mutated_site_a_never_panics_and_errors_stay_inside_the_file() {
+    let original = example_text("site-a.toml").into_bytes();
+    let path = examples_dir().join("site-a.toml");
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let (mut accepted, mut refused) = (0, 0);
+    for round in 0..3000 {
+        let mutated = mutate(&original, &mut rng);
+        match Config::parse_bytes(&mutated, &path) {
+            Ok(_) => accepted += 1,
+            Err(error) => {
+                refused += 1;
+                let lossy = String::from_utf8_lossy(&mutated);
+                let lines: Vec<&str> = lossy.split('\n').collect();
+                assert!(
+                    error.line >= 1 && error.line <= lossy.lines().count() + 1,
+                    "round {round}: line out of range: {error}"
+                );
+                let line_chars = lines
+                    .get(error.line - 1)
+                    .map_or(0, |line| line.chars().count());
+                assert!(
+                    error.column >= 1 && error.column <= line_chars + 1,
+                    "round {round}: column out of range: {error}"
+                );
+                assert!(!error.reason.is_empty() && !error.reason.contains('\n'));
+            }
+        }
+    }
+    // Sanity: the mutations produce both outcomes, so both paths were exercised.
+    assert!(refused > 1000, "only {refused} mutations refused");
+    assert!(accepted > 10, "only {accepted} mutations accepted");
+}
