@@ -34,7 +34,7 @@ pub fn run() -> anyhow::Result<()> {
             "warnings",
         ]))
     })?;
-    step("tier 1-2: unit, property, config and CLI tests", || {
+    step("tiers 1-3: unit, property, config, CLI and eBPF prog-test-run tests", || {
         run_command(cargo().args([
             "test",
             "--workspace",

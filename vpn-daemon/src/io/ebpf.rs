@@ -22,7 +22,7 @@ use vpn_common::{
 use crate::config;
 
 /// The eBPF object built by build.rs from `vpn-ebpf`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpn-ebpf"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpn-ebpf"));
 
 /// `statfs.f_type` of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
