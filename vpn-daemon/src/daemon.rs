@@ -27,7 +27,12 @@ use crate::{
 
 /// Runs the daemon until SIGTERM or SIGINT, then removes everything it installed.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path).map_err(|error| anyhow::anyhow!("{error}"))?;
+    // Handlers first: a SIGTERM during start-up must still run the cleanup below, not kill us
+    // with XDP attached and maps pinned.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let config = Config::load(config_path)?;
     tracing::info!(summary = %config.summary(), "config loaded");
 
     let mut control = ControlSocket::bind(&config.node.control_socket)?;
@@ -52,9 +57,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         started: Instant::now(),
     };
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     tracing::info!(node = %state.config.node.name, socket = %state.config.node.control_socket.display(), "running");
     loop {
         tokio::select! {

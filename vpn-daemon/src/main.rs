@@ -98,12 +98,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
 fn status(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let socket = match (socket, config) {
         (Some(socket), _) => socket,
-        (None, Some(config)) => {
-            Config::load(&config)
-                .map_err(|error| anyhow::anyhow!("{error}"))?
-                .node
-                .control_socket
-        }
+        (None, Some(config)) => Config::load(&config)?.node.control_socket,
         (None, None) => only_socket_in(Path::new(DEFAULT_SOCKET_DIR))?,
     };
     match control::request(&socket, &Request::Status)? {

@@ -34,16 +34,19 @@ pub fn run() -> anyhow::Result<()> {
             "warnings",
         ]))
     })?;
-    step("tiers 1-3: unit, property, config, CLI and eBPF prog-test-run tests", || {
-        run_command(cargo().args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "vpn-ebpf",
-            "--exclude",
-            "vpn-tests",
-        ]))
-    })?;
+    step(
+        "tiers 1-3: unit, property, config, CLI and eBPF prog-test-run tests",
+        || {
+            run_command(cargo().args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "vpn-ebpf",
+                "--exclude",
+                "vpn-tests",
+            ]))
+        },
+    )?;
     step("tier 4: netns tests (real kernel, veth, XDP)", || {
         run_command(cargo().args(["test", "--package", "vpn-tests"]))
     })?;
