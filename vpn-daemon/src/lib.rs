@@ -6,4 +6,5 @@
 pub mod config;
 pub mod daemon;
 pub mod io;
+pub mod proto;
 pub mod status;

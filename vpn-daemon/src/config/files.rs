@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::Path;
 
 use super::error::describe_io_error;
+use crate::proto::keys::{StaticKey, StaticKeyError};
 
 /// Certificates, keys and static key files are a few KiB; anything much bigger is the wrong file.
 pub(super) const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -168,139 +169,25 @@ fn check_pem(text: &str, labels: &[&str]) -> Result<(), PemError> {
     }
 }
 
-/// Size of an OpenVPN static key (`--genkey secret`): 2048 bits.
-pub(super) const STATIC_KEY_BYTES: usize = 256;
-const STATIC_KEY_BEGIN: &str = "-----BEGIN OpenVPN Static key V1-----";
-const STATIC_KEY_END: &str = "-----END OpenVPN Static key V1-----";
-
 /// Why a file is not an OpenVPN static key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(super) enum StaticKeyError {
+pub(super) enum StaticKeyFileError {
     #[error(transparent)]
     Read(#[from] ReadError),
-    #[error("is a tls-crypt-v2 key, which schema v1 does not support; use a static key from `openvpn --genkey secret`")]
-    TlsCryptV2,
-    #[error("line {line}: expected `{STATIC_KEY_BEGIN}` (only '#' comments may come before it)")]
-    TextBeforeBegin { line: usize },
-    #[error("no `{STATIC_KEY_BEGIN}` line; create the file with `openvpn --genkey secret FILE`")]
-    MissingBegin,
-    #[error("no `{STATIC_KEY_END}` line after the BEGIN line")]
-    MissingEnd,
-    #[error("line {line}: key material must be hexadecimal, found {found:?}")]
-    NotHex { line: usize, found: char },
-    #[error("line {line}: odd number of hex digits")]
-    OddHexDigits { line: usize },
-    #[error("holds {found} bytes of key material; an OpenVPN static key has {STATIC_KEY_BYTES}")]
-    WrongLength { found: usize },
+    #[error(transparent)]
+    Key(#[from] StaticKeyError),
 }
 
-/// Checks that `path` is an OpenVPN static key file (see [`parse_static_key`]).
-pub(super) fn check_static_key_file(path: &Path) -> Result<(), StaticKeyError> {
+/// Checks that `path` is an OpenVPN static key file (see [`StaticKey::parse`]).
+pub(super) fn check_static_key_file(path: &Path) -> Result<(), StaticKeyFileError> {
     let contents = read_small_file(path)?;
-    parse_static_key(&String::from_utf8_lossy(&contents)).map(drop)
-}
-
-/// Parses the `openvpn --genkey secret` format: '#' comment lines, then the BEGIN line, 256
-/// bytes as hex (usually 16 lines of 32 digits), then the END line.
-pub(super) fn parse_static_key(text: &str) -> Result<Vec<u8>, StaticKeyError> {
-    let mut lines = text.lines().map(str::trim).enumerate();
-    loop {
-        let Some((index, line)) = lines.next() else {
-            return Err(StaticKeyError::MissingBegin);
-        };
-        if line == STATIC_KEY_BEGIN {
-            break;
-        }
-        if line.starts_with("-----BEGIN OpenVPN tls-crypt-v2") {
-            return Err(StaticKeyError::TlsCryptV2);
-        }
-        if !(line.is_empty() || line.starts_with('#')) {
-            return Err(StaticKeyError::TextBeforeBegin { line: index + 1 });
-        }
-    }
-    let mut key = Vec::with_capacity(STATIC_KEY_BYTES);
-    for (index, line) in lines {
-        if line == STATIC_KEY_END {
-            return if key.len() == STATIC_KEY_BYTES {
-                Ok(key)
-            } else {
-                Err(StaticKeyError::WrongLength { found: key.len() })
-            };
-        }
-        let line_number = index + 1;
-        if let Some(found) = line.chars().find(|c| !c.is_ascii_hexdigit()) {
-            return Err(StaticKeyError::NotHex {
-                line: line_number,
-                found,
-            });
-        }
-        if !line.len().is_multiple_of(2) {
-            return Err(StaticKeyError::OddHexDigits { line: line_number });
-        }
-        for pair in line.as_bytes().chunks_exact(2) {
-            let digits = std::str::from_utf8(pair).unwrap_or("");
-            if let Ok(byte) = u8::from_str_radix(digits, 16) {
-                key.push(byte);
-            }
-        }
-    }
-    Err(StaticKeyError::MissingEnd)
+    StaticKey::parse(&String::from_utf8_lossy(&contents))?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn static_key_text(hex_lines: usize) -> String {
-        let mut text = String::from("#\n# 2048 bit OpenVPN static key\n#\n");
-        text.push_str(STATIC_KEY_BEGIN);
-        text.push('\n');
-        for line in 0..hex_lines {
-            text.push_str(&format!("{:032x}\n", line as u128 * 0x0101_0101));
-        }
-        text.push_str(STATIC_KEY_END);
-        text.push('\n');
-        text
-    }
-
-    #[test]
-    fn static_key_of_256_bytes_parses() {
-        let key = parse_static_key(&static_key_text(16)).unwrap();
-        assert_eq!(key.len(), STATIC_KEY_BYTES);
-        assert_eq!(key[15], 0x00);
-        assert_eq!(key[31], 0x01);
-        assert_eq!(key[47], 0x02);
-    }
-
-    #[test]
-    fn static_key_errors() {
-        assert_eq!(
-            parse_static_key(&static_key_text(15)),
-            Err(StaticKeyError::WrongLength { found: 240 })
-        );
-        assert_eq!(parse_static_key(""), Err(StaticKeyError::MissingBegin));
-        assert_eq!(
-            parse_static_key("hello\n"),
-            Err(StaticKeyError::TextBeforeBegin { line: 1 })
-        );
-        let unterminated = static_key_text(16).replace(STATIC_KEY_END, "");
-        assert_eq!(
-            parse_static_key(&unterminated),
-            Err(StaticKeyError::MissingEnd)
-        );
-        let not_hex = static_key_text(16).replacen("00000000", "0000000g", 1);
-        assert_eq!(
-            parse_static_key(&not_hex),
-            Err(StaticKeyError::NotHex {
-                line: 5,
-                found: 'g'
-            })
-        );
-        assert_eq!(
-            parse_static_key("-----BEGIN OpenVPN tls-crypt-v2 client key-----\n"),
-            Err(StaticKeyError::TlsCryptV2)
-        );
-    }
 
     #[test]
     fn pem_checks() {
