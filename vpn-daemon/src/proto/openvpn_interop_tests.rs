@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::control_replay::{ControlReplayWindow, ReplayIdSequence};
 use super::keys::StaticKey;
-use super::tls_auth::{TlsAuth, CONTROL_HEADER_LEN};
+use super::packet::CONTROL_HEADER_LEN;
+use super::tls_auth::TlsAuth;
 use super::tls_crypt::{TlsCrypt, TlsCryptError};
 use crate::config::{KeyDirection, TlsAuthDigest, TlsRole};
 
@@ -186,6 +187,25 @@ fn assert_server_reset(header: &[u8; CONTROL_HEADER_LEN], body: &[u8], our_sessi
     assert_eq!(body.get(13..17), Some(&[0u8, 0, 0, 0][..]), "message id 0");
 }
 
+/// Sends `wrong`, which openvpn must ignore (no answer at all), then `right`, and returns
+/// openvpn's answer to `right`.
+fn silence_then_reply(
+    server: &OpenVpnServer,
+    socket: &UdpSocket,
+    wrong: &[u8],
+    right: &[u8],
+) -> Vec<u8> {
+    socket.send(wrong).unwrap();
+    assert_eq!(
+        receive(socket, Duration::from_millis(1500)),
+        None,
+        "openvpn answered the wrong key"
+    );
+    socket.send(right).unwrap();
+    receive(socket, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no reply from openvpn:\n{}", server.log_text()))
+}
+
 #[test]
 fn openvpn_answers_our_tls_crypt_hard_reset() {
     let key_path = pki("tc.key");
@@ -200,27 +220,17 @@ fn openvpn_answers_our_tls_crypt_hard_reset() {
     let mut ids = ReplayIdSequence::new(unix_now());
 
     // Wrapped with the server's direction, openvpn cannot authenticate it and stays silent.
+    let mut wrong = Vec::new();
     let wrong_direction = TlsCrypt::new(&key, TlsRole::Server);
+    wrong_direction.wrap(&header, ids.next_id(unix_now()).unwrap(), &body, &mut wrong);
     let mut packet = Vec::new();
-    wrong_direction.wrap(
-        &header,
-        ids.next_id(unix_now()).unwrap(),
-        &body,
-        &mut packet,
-    );
-    socket.send(&packet).unwrap();
-    assert_eq!(receive(&socket, Duration::from_millis(1500)), None);
-
-    packet.clear();
     client.wrap(
         &header,
         ids.next_id(unix_now()).unwrap(),
         &body,
         &mut packet,
     );
-    socket.send(&packet).unwrap();
-    let reply = receive(&socket, Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("no reply from openvpn:\n{}", server.log_text()));
+    let reply = silence_then_reply(&server, &socket, &wrong, &packet);
 
     let mut plaintext = Vec::new();
     let opened = client
@@ -265,27 +275,17 @@ fn openvpn_answers_our_tls_auth_hard_reset() {
     let mut ids = ReplayIdSequence::new(unix_now());
 
     // Direction 0 on both sides: openvpn refuses the HMAC and stays silent.
+    let mut wrong = Vec::new();
     let wrong_direction = TlsAuth::new(&key, Some(KeyDirection::Normal), TlsAuthDigest::Sha1);
+    wrong_direction.wrap(&header, ids.next_id(unix_now()).unwrap(), &body, &mut wrong);
     let mut packet = Vec::new();
-    wrong_direction.wrap(
-        &header,
-        ids.next_id(unix_now()).unwrap(),
-        &body,
-        &mut packet,
-    );
-    socket.send(&packet).unwrap();
-    assert_eq!(receive(&socket, Duration::from_millis(1500)), None);
-
-    packet.clear();
     client.wrap(
         &header,
         ids.next_id(unix_now()).unwrap(),
         &body,
         &mut packet,
     );
-    socket.send(&packet).unwrap();
-    let reply = receive(&socket, Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("no reply from openvpn:\n{}", server.log_text()));
+    let reply = silence_then_reply(&server, &socket, &wrong, &packet);
 
     let opened = client.unwrap(&reply).unwrap_or_else(|error| {
         panic!("{error}: {reply:02x?}\n{}", server.log_text());

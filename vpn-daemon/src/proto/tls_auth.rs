@@ -20,11 +20,8 @@ use zeroize::Zeroize;
 
 use super::control_replay::{ReplayId, REPLAY_ID_LEN};
 use super::keys::{DirectionKeys, StaticKey, KEY_SLOT_BYTES};
+use super::packet::CONTROL_HEADER_LEN;
 use crate::config::{KeyDirection, TlsAuthDigest};
-
-/// Length of the clear header every control packet starts with: the `opcode << 3 | key_id` byte
-/// and the sender's 8-byte session id.
-pub const CONTROL_HEADER_LEN: usize = 9;
 
 /// HMAC output length of a tls-auth digest.
 pub fn digest_len(digest: TlsAuthDigest) -> usize {

@@ -30,7 +30,7 @@ use zeroize::Zeroize;
 
 use super::control_replay::{ReplayId, REPLAY_ID_LEN};
 use super::keys::{tls_crypt_direction, DirectionKeys, StaticKey, KEY_SLOT_BYTES};
-use super::tls_auth::CONTROL_HEADER_LEN;
+use super::packet::CONTROL_HEADER_LEN;
 use crate::config::TlsRole;
 
 /// Length of the tls-crypt authentication tag (HMAC-SHA256).
