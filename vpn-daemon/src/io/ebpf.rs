@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{HashMap, Map, MapData, PerCpuArray},
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf,
 };
@@ -45,10 +45,7 @@ impl WanFilter {
         remove_pin_dir(&pin_dir).context("removing stale pins of an earlier run")?;
 
         let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading the eBPF object")?;
-        let program: &mut Xdp = ebpf
-            .program_mut(XDP_WAN_PROGRAM)
-            .ok_or_else(|| anyhow!("eBPF object has no program {XDP_WAN_PROGRAM}"))?
-            .try_into()?;
+        let program = wan_program(&mut ebpf)?;
         program
             .load()
             .with_context(|| format!("loading {XDP_WAN_PROGRAM} into the kernel"))?;
@@ -57,10 +54,8 @@ impl WanFilter {
         std::fs::create_dir_all(&pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         for name in [TUNNEL_PORTS_MAP, WAN_COUNTERS_MAP] {
-            let map = ebpf
-                .map(name)
-                .ok_or_else(|| anyhow!("eBPF object has no map {name}"))?;
-            map.pin(pin_dir.join(name))
+            map(&ebpf, name)?
+                .pin(pin_dir.join(name))
                 .with_context(|| format!("pinning {name} in {}", pin_dir.display()))?;
         }
         tracing::info!(interface, mode = attached_mode, pin_dir = %pin_dir.display(), "XDP attached to WAN");
@@ -88,11 +83,8 @@ impl WanFilter {
 
     /// Makes the kernel's tunnel-port map equal `wanted`: removes stale keys, adds missing ones.
     pub fn set_tunnel_ports(&mut self, wanted: &BTreeSet<TunnelPortKey>) -> anyhow::Result<()> {
-        let mut map: HashMap<&mut MapData, TunnelPortKey, u8> = HashMap::try_from(
-            self.ebpf
-                .map_mut(TUNNEL_PORTS_MAP)
-                .ok_or_else(|| anyhow!("eBPF object has no map {TUNNEL_PORTS_MAP}"))?,
-        )?;
+        let mut map: HashMap<&mut MapData, TunnelPortKey, u8> =
+            HashMap::try_from(map_mut(&mut self.ebpf, TUNNEL_PORTS_MAP)?)?;
         for stale in self.tunnel_ports.difference(wanted) {
             map.remove(stale)
                 .with_context(|| format!("removing tunnel port {stale:?}"))?;
@@ -107,11 +99,8 @@ impl WanFilter {
 
     /// Every WAN counter, summed over CPUs, by its stable name.
     pub fn counters(&self) -> anyhow::Result<BTreeMap<String, u64>> {
-        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(WAN_COUNTERS_MAP)
-                .ok_or_else(|| anyhow!("eBPF object has no map {WAN_COUNTERS_MAP}"))?,
-        )?;
+        let counters: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map(&self.ebpf, WAN_COUNTERS_MAP)?)?;
         WanCounter::ALL
             .iter()
             .map(|&counter| {
@@ -130,12 +119,7 @@ impl WanFilter {
 
     fn release(&mut self) -> anyhow::Result<()> {
         if let Some(link) = self.link.take() {
-            let program: &mut Xdp = self
-                .ebpf
-                .program_mut(XDP_WAN_PROGRAM)
-                .ok_or_else(|| anyhow!("eBPF object has no program {XDP_WAN_PROGRAM}"))?
-                .try_into()?;
-            program
+            wan_program(&mut self.ebpf)?
                 .detach(link)
                 .with_context(|| format!("detaching XDP from {}", self.interface))?;
             remove_pin_dir(&self.pin_dir)?;
@@ -151,6 +135,23 @@ impl Drop for WanFilter {
             tracing::error!(error = %format!("{error:#}"), "releasing the WAN filter");
         }
     }
+}
+
+fn wan_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    Ok(ebpf
+        .program_mut(XDP_WAN_PROGRAM)
+        .ok_or_else(|| anyhow!("eBPF object has no program {XDP_WAN_PROGRAM}"))?
+        .try_into()?)
+}
+
+fn map<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a Map> {
+    ebpf.map(name)
+        .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
 }
 
 fn attach_xdp(
