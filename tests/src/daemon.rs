@@ -58,13 +58,25 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `vpn-daemon run --config CONFIG` in `ns`; its stderr goes to `log`.
     pub fn start(ns: &NetNs, config: &Path, socket: &Path, log: &Path) -> anyhow::Result<Self> {
+        Self::start_binary(&binary()?, "debug", ns, config, socket, log)
+    }
+
+    /// Like [`Daemon::start`] with a given binary (e.g. a release build) and `RUST_LOG` value.
+    pub fn start_binary(
+        binary: &Path,
+        rust_log: &str,
+        ns: &NetNs,
+        config: &Path,
+        socket: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let log_file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = ns
-            .command(binary()?.to_str().context("binary path is not UTF-8")?)?
+            .command(binary.to_str().context("binary path is not UTF-8")?)?
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

@@ -7,7 +7,10 @@
 
 pub mod daemon;
 pub mod netns;
+pub mod openvpn;
 pub mod packet;
+pub mod pki;
+pub mod traffic;
 
 pub use netns::{veth_pair, NetNs};
 

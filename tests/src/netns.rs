@@ -13,8 +13,10 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-/// Prefix of every namespace this harness creates.
+/// Prefix of every namespace this harness creates for tests.
 pub const PREFIX: &str = "vpnt-";
+/// Prefix of the benchmark's namespaces (`cargo xtask bench`).
+pub const BENCH_PREFIX: &str = "vpnb-";
 const NETNS_DIR: &str = "/run/netns";
 
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
@@ -29,9 +31,15 @@ impl NetNs {
     /// Creates `vpnt-<pid>-<seq>-<tag>` with loopback up and IPv6 off (router and neighbour
     /// solicitations would otherwise land in packet counters).
     pub fn new(tag: &str) -> anyhow::Result<Self> {
+        Self::with_prefix(PREFIX, tag)
+    }
+
+    /// Like [`NetNs::new`] with another prefix, [`PREFIX`] or [`BENCH_PREFIX`] (stale namespaces
+    /// are cleaned up for those two).
+    pub fn with_prefix(prefix: &str, tag: &str) -> anyhow::Result<Self> {
         CLEAN_STALE.call_once(remove_stale_namespaces);
         let name = format!(
-            "{PREFIX}{}-{}-{tag}",
+            "{prefix}{}-{}-{tag}",
             std::process::id(),
             SEQUENCE.fetch_add(1, Ordering::Relaxed)
         );
@@ -153,7 +161,7 @@ fn run_checked(command: &mut Command) -> anyhow::Result<Output> {
     Ok(output)
 }
 
-/// Deletes `vpnt-<pid>-...` namespaces whose creating process is gone (a test run that was killed).
+/// Deletes `vpnt-<pid>-...` and `vpnb-<pid>-...` namespaces whose creating process is gone (a test run that was killed).
 fn remove_stale_namespaces() {
     let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
         return;
@@ -162,6 +170,7 @@ fn remove_stale_namespaces() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
             .strip_prefix(PREFIX)
+            .or_else(|| name.strip_prefix(BENCH_PREFIX))
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
