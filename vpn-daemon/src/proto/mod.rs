@@ -1,4 +1,5 @@
 //! The OpenVPN protocol core, sans-IO: state machines take `now` and bytes and return actions.
+pub mod control_codec;
 pub mod control_replay;
 pub mod framing;
 pub mod keys;
@@ -6,5 +7,6 @@ pub mod keys;
 mod openvpn_interop_tests;
 pub mod packet;
 pub mod prf;
+pub mod reliable;
 pub mod tls_auth;
 pub mod tls_crypt;
