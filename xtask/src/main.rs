@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | test | demo`. Every task runs `setup` first, so a fresh
+//! Project tasks: `cargo xtask setup | test | demo | bench`. Every task runs `setup` first, so a fresh
 //! machine needs nothing but cargo.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -33,6 +34,16 @@ enum Task {
         #[arg(long)]
         hold: bool,
     },
+    /// Throughput, CPU and added latency: bare veth, stock OpenVPN 2.6 and our daemon (p2p,
+    /// UDP, AES-256-GCM) in network namespaces; results in <target>/bench/results.json.
+    Bench {
+        /// Repetitions of every measurement; the table shows median [min–max].
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// iperf3 -t seconds per throughput run.
+        #[arg(long, default_value_t = 10)]
+        duration: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => Ok(()),
         Task::Test => test::run(),
         Task::Demo { hold } => demo::run(hold),
+        Task::Bench { runs, duration } => bench::run(&bench::BenchOptions { runs, duration }),
     }
 }
 

@@ -1,0 +1,675 @@
+//! `cargo xtask bench`: throughput, CPU and latency of stock OpenVPN 2.6 and of our daemon over
+//! the same two-namespace topology, side by side with the bare veth.
+//!
+//! ```text
+//!   ns vpnb-<pid>-N-a (iperf3 -c, ping)            ns vpnb-<pid>-N-b (iperf3 -s)
+//!   +-------------------------------+    veth    +-------------------------------+
+//!   | veth0 10.250.0.1/24           |------------| veth0 10.250.0.2/24           |
+//!   | openvpn: bench-ovpn 10.251.0.1 |            | openvpn: bench-ovpn 10.251.0.2 |
+//!   | ours:    bench-ours 10.252.0.1 |            | ours:    bench-ours 10.252.0.2 |
+//!   +-------------------------------+            +-------------------------------+
+//! ```
+//! Legs run one after the other: bare veth, OpenVPN p2p TLS (UDP, AES-256-GCM, userspace data
+//! channel), then ours (p2p, UDP, AES-256-GCM). Each run: iperf3 TCP with 1 and 4 streams
+//! (a → b, `-O 1`), CPU of the VPN processes of both ends from /proc/PID/stat over the
+//! iperf3 measurement window (% of one core; this box has 2), and `ping -c 100 -i 0.01`.
+//! Results: a table of medians [min–max] over the runs and `<target>/bench/results.json`.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::{json, Value};
+use vpn_tests::{
+    daemon::Daemon,
+    netns::BENCH_PREFIX,
+    openvpn::{OpenVpnConfig, OpenVpnPeer},
+    pki::Pki,
+    traffic::{iperf3, ping_with_interval, wait_for_ping, Iperf3Options, Iperf3Server},
+    veth_pair, NetNs,
+};
+
+use crate::{is_root, step, workspace_root};
+
+const IP_A: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+const IP_B: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+const OVPN_A: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
+const OVPN_B: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 2);
+const OURS_A: Ipv4Addr = Ipv4Addr::new(10, 252, 0, 1);
+const OURS_B: Ipv4Addr = Ipv4Addr::new(10, 252, 0, 2);
+const TUNNEL_PORT: u16 = 1194;
+const IPERF_PORT: u16 = 5201;
+/// How long our daemon gets to bring the tunnel up before its leg is reported as not runnable.
+const OURS_UP_TIMEOUT: Duration = Duration::from_secs(15);
+const PING_COUNT: u32 = 100;
+const STREAM_COUNTS: [u32; 2] = [1, 4];
+
+/// Command-line knobs of `cargo xtask bench`.
+pub struct BenchOptions {
+    pub runs: u32,
+    pub duration: u32,
+}
+
+/// The two benchmark namespaces and their veth.
+struct Topology {
+    a: NetNs,
+    b: NetNs,
+}
+
+impl Topology {
+    fn create() -> anyhow::Result<Self> {
+        let a = NetNs::with_prefix(BENCH_PREFIX, "a")?;
+        let b = NetNs::with_prefix(BENCH_PREFIX, "b")?;
+        veth_pair(
+            (&a, "veth0", &format!("{IP_A}/24")),
+            (&b, "veth0", &format!("{IP_B}/24")),
+        )?;
+        wait_for_ping(&a, IP_B.into(), Duration::from_secs(10))?;
+        Ok(Self { a, b })
+    }
+}
+
+/// A tunnel that is up: where traffic goes and which processes do the VPN work.
+struct UpLeg {
+    target: IpAddr,
+    vpn_pids: Vec<u32>,
+    info: Value,
+    // Whatever must stay alive while the leg is measured (peers, daemons, temp dirs).
+    _keep: Box<dyn std::any::Any>,
+}
+
+pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the benchmark creates network namespaces: run it as root");
+    }
+    if options.runs == 0 || options.duration < 2 {
+        bail!("--runs must be at least 1 and --duration at least 2 seconds");
+    }
+    let daemon_binary = step("build vpn-daemon (release)", build_release_daemon);
+    // Configs and logs stay after the run (next to results.json) for a look at failures.
+    let work = results_path()
+        .parent()
+        .context("results path has a parent")?
+        .join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let pki = step("generate PKI", || Pki::generate(&work.join("pki")))?;
+    let topology = step("create namespaces and veth", Topology::create)?;
+    let server = Iperf3Server::start(&topology.b, IP_B.into(), IPERF_PORT)?;
+
+    let mut legs: BTreeMap<&str, Value> = BTreeMap::new();
+    let bare = step("leg bare veth", || {
+        measure_leg(
+            &topology,
+            options,
+            UpLeg {
+                target: IP_B.into(),
+                vpn_pids: Vec::new(),
+                info: json!({}),
+                _keep: Box::new(()),
+            },
+            None,
+        )
+    })?;
+    let bare_rtt = bare["summary"]["rtt_ms"]["median"].as_f64();
+    legs.insert("bare", bare);
+
+    let openvpn = step("leg OpenVPN 2.6 p2p", || {
+        let up = openvpn_up(&topology, &pki)?;
+        measure_leg(&topology, options, up, bare_rtt)
+    })
+    .unwrap_or_else(|error| not_runnable(&error));
+    legs.insert("openvpn", openvpn);
+
+    let ours = step("leg ours (vpn-daemon p2p)", || {
+        let binary = daemon_binary
+            .as_ref()
+            .map_err(|error| anyhow!("building vpn-daemon: {error:#}"))?;
+        let up = ours_up(&topology, &pki, binary, &work)?;
+        measure_leg(&topology, options, up, bare_rtt)
+    })
+    .unwrap_or_else(|error| not_runnable(&error));
+    legs.insert("ours", ours);
+    drop(server);
+
+    let ratios = ratios(&legs["ours"], &legs["openvpn"]);
+    print_table(&legs, &ratios);
+
+    let results = json!({
+        "meta": {
+            "runs": options.runs,
+            "duration_s": options.duration,
+            "ping_count": PING_COUNT,
+            "unix_time": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_secs())
+                .unwrap_or(0),
+            "openvpn_version": first_line(Command::new("openvpn").arg("--version")),
+            "kernel": first_line(Command::new("uname").arg("-r")),
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        },
+        "legs": legs,
+        "ratio_ours_openvpn": ratios,
+    });
+    let path = results_path();
+    std::fs::create_dir_all(path.parent().context("results path has a parent")?)?;
+    std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("results: {}", path.display());
+    Ok(())
+}
+
+fn not_runnable(error: &anyhow::Error) -> Value {
+    let reason = format!("not yet runnable: {error:#}");
+    json!({ "status": reason })
+}
+
+/// `<target dir>/bench/results.json` (`CARGO_TARGET_DIR` if set, else `<workspace>/target`).
+fn results_path() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("bench/results.json")
+}
+
+fn first_line(command: &mut Command) -> String {
+    command
+        .output()
+        .map(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// `cargo build --release -p vpn-daemon`, returning the executable cargo reports.
+fn build_release_daemon() -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args(["build", "--release", "--package", "vpn-daemon", "--bin"])
+        .args(["vpn-daemon", "--message-format=json"])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo build --release")?;
+    if !output.status.success() {
+        bail!(
+            "cargo build --release -p vpn-daemon failed ({})",
+            output.status
+        );
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|message| message["target"]["name"] == "vpn-daemon")
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .context("cargo build did not report the vpn-daemon executable")
+}
+
+fn openvpn_up(topology: &Topology, pki: &Pki) -> anyhow::Result<UpLeg> {
+    let mut server = OpenVpnConfig::p2p(
+        true,
+        Some(SocketAddr::new(IP_A.into(), TUNNEL_PORT)),
+        OVPN_B,
+        OVPN_A,
+    );
+    let mut client = OpenVpnConfig::p2p(
+        false,
+        Some(SocketAddr::new(IP_B.into(), TUNNEL_PORT)),
+        OVPN_A,
+        OVPN_B,
+    );
+    for config in [&mut server, &mut client] {
+        config.port = TUNNEL_PORT;
+        config.dev = "bench-ovpn".to_owned();
+        config.cipher = "AES-256-GCM".to_owned();
+    }
+    let server = OpenVpnPeer::start(&topology.b, &server, pki)?;
+    let client = OpenVpnPeer::start(&topology.a, &client, pki)?;
+    for peer in [&server, &client] {
+        peer.wait_for_log("Initialization Sequence Completed", Duration::from_secs(30))?;
+    }
+    wait_for_ping(&topology.a, OVPN_B.into(), Duration::from_secs(10))?;
+    let cipher = client
+        .log()
+        .lines()
+        .rfind(|line| line.contains("Data Channel: cipher"))
+        .map(|line| line.trim().to_owned())
+        .unwrap_or_default();
+    Ok(UpLeg {
+        target: OVPN_B.into(),
+        vpn_pids: vec![client.pid(), server.pid()],
+        info: json!({ "cipher": cipher, "config_b": server.config_text() }),
+        _keep: Box::new((server, client)),
+    })
+}
+
+/// Our daemon's config for one end; the schema is vpn-daemon/examples/site-a.toml.
+fn ours_config(dir: &Path, pki: &Pki, side: char) -> anyhow::Result<PathBuf> {
+    let tls_server = side == 'b';
+    let (local, remote, cert, key, peer_eku, ifconfig_local, ifconfig_remote) = if tls_server {
+        (
+            IP_B,
+            IP_A,
+            &pki.server_cert,
+            &pki.server_key,
+            "client",
+            OURS_B,
+            OURS_A,
+        )
+    } else {
+        (
+            IP_A,
+            IP_B,
+            &pki.client_cert,
+            &pki.client_key,
+            "server",
+            OURS_A,
+            OURS_B,
+        )
+    };
+    let text = format!(
+        r#"version = 1
+[node]
+name = "vb{pid}{side}"
+control_socket = "{dir}/ours-{side}.sock"
+[pki]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+[interfaces]
+wan = "veth0"
+[[tunnel]]
+name = "bench"
+role = "p2p"
+transport = "udp"
+local = "{local}:{port}"
+remote = ["{remote}:{port}"]
+device = "bench-ours"
+ciphers = ["AES-256-GCM"]
+remote_cert_tls = "{peer_eku}"
+tls = "{tls}"
+ifconfig = {{ local = "{ifconfig_local}", remote = "{ifconfig_remote}" }}
+"#,
+        pid = std::process::id(),
+        dir = dir.display(),
+        ca = pki.ca.display(),
+        cert = cert.display(),
+        key = key.display(),
+        port = TUNNEL_PORT,
+        tls = if tls_server { "server" } else { "client" },
+    );
+    let path = dir.join(format!("ours-{side}.toml"));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn ours_up(topology: &Topology, pki: &Pki, binary: &Path, work: &Path) -> anyhow::Result<UpLeg> {
+    let mut daemons = Vec::new();
+    for (side, ns) in [('b', &topology.b), ('a', &topology.a)] {
+        let config = ours_config(work, pki, side)?;
+        let check = Command::new(binary)
+            .arg("check-config")
+            .arg(&config)
+            .output()
+            .context("running vpn-daemon check-config")?;
+        if !check.status.success() {
+            bail!(
+                "vpn-daemon check-config {}: {}",
+                config.display(),
+                String::from_utf8_lossy(&check.stderr).trim()
+            );
+        }
+        let socket = work.join(format!("ours-{side}.sock"));
+        let log = work.join(format!("ours-{side}.log"));
+        daemons.push((
+            Daemon::start_binary(binary, "info", ns, &config, &socket, &log)?,
+            log,
+        ));
+    }
+    if let Err(error) = wait_for_ping(&topology.a, OURS_B.into(), OURS_UP_TIMEOUT) {
+        let tails: Vec<String> = daemons
+            .iter()
+            .map(|(daemon, log)| {
+                let text = strip_ansi(&daemon.log());
+                let lines: Vec<&str> = text.lines().collect();
+                format!(
+                    "{} (pid {:?}): {}",
+                    log.display(),
+                    daemon.pid(),
+                    lines[lines.len().saturating_sub(3)..].join(" | ")
+                )
+            })
+            .collect();
+        bail!(
+            "no tunnel within {OURS_UP_TIMEOUT:?} ({error:#}); log tails: {}",
+            tails.join("; ")
+        );
+    }
+    Ok(UpLeg {
+        target: OURS_B.into(),
+        vpn_pids: daemons
+            .iter()
+            .filter_map(|(daemon, _)| daemon.pid())
+            .collect(),
+        info: json!({ "binary": binary.display().to_string() }),
+        _keep: Box::new(daemons),
+    })
+}
+
+/// Runs every measurement `runs` times on a leg that is up, then summarizes.
+fn measure_leg(
+    topology: &Topology,
+    options: &BenchOptions,
+    up: UpLeg,
+    bare_rtt_ms: Option<f64>,
+) -> anyhow::Result<Value> {
+    let mut runs = Vec::new();
+    for run in 1..=options.runs {
+        let mut record = serde_json::Map::new();
+        record.insert("run".into(), json!(run));
+        for streams in STREAM_COUNTS {
+            let sample = measure_iperf3(topology, options, &up, streams)?;
+            println!("    run {run} tcp{streams}: {sample}");
+            record.insert(format!("tcp{streams}"), sample);
+        }
+        let ping = ping_with_interval(
+            &topology.a,
+            up.target,
+            PING_COUNT,
+            Duration::from_millis(10),
+        )?;
+        let rtt_ms = ping.rtt_median.map(|rtt| round3(rtt.as_secs_f64() * 1e3));
+        let added = rtt_ms
+            .zip(bare_rtt_ms)
+            .map(|(rtt, bare)| round3(rtt - bare));
+        let sample = json!({
+            "received": ping.received,
+            "sent": ping.sent,
+            "rtt_ms": rtt_ms,
+            "added_rtt_ms": added,
+        });
+        println!("    run {run} ping: {sample}");
+        record.insert("ping".into(), sample);
+        runs.push(Value::Object(record));
+    }
+    let mut summary = serde_json::Map::new();
+    for streams in STREAM_COUNTS {
+        for metric in ["gbps", "vpn_cpu_pct", "cpu_pct_per_gbps"] {
+            let values: Vec<f64> = runs
+                .iter()
+                .filter_map(|run| run[format!("tcp{streams}")][metric].as_f64())
+                .collect();
+            summary.insert(format!("tcp{streams}_{metric}"), summarize(&values));
+        }
+    }
+    for metric in ["rtt_ms", "added_rtt_ms"] {
+        let values: Vec<f64> = runs
+            .iter()
+            .filter_map(|run| run["ping"][metric].as_f64())
+            .collect();
+        summary.insert(metric.to_owned(), summarize(&values));
+    }
+    Ok(json!({ "status": "ok", "info": up.info, "runs": runs, "summary": summary }))
+}
+
+/// One iperf3 run with the VPN processes' CPU sampled over its measurement window.
+fn measure_iperf3(
+    topology: &Topology,
+    options: &BenchOptions,
+    up: &UpLeg,
+    streams: u32,
+) -> anyhow::Result<Value> {
+    let iperf_options = Iperf3Options {
+        streams,
+        seconds: options.duration,
+        omit: 1,
+        port: IPERF_PORT,
+        ..Iperf3Options::default()
+    };
+    let pids = up.vpn_pids.clone();
+    let window = Duration::from_secs_f64(f64::from(options.duration) - 0.5);
+    // The sampler skips the omitted first second and stops before the end of the run.
+    let sampler = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1200));
+        let start = CpuSnapshot::take(&pids);
+        std::thread::sleep(window.saturating_sub(Duration::from_millis(700)));
+        start.usage_since(&CpuSnapshot::take(&pids))
+    });
+    let result = iperf3(&topology.a, up.target, &iperf_options);
+    let cpu = sampler
+        .join()
+        .map_err(|_| anyhow!("CPU sampler panicked"))?;
+    let result = result?;
+    let gbps = result.gbit_per_second();
+    let vpn_cpu_pct = (!up.vpn_pids.is_empty()).then_some(cpu.process_pct);
+    Ok(json!({
+        "gbps": round3(gbps),
+        "retransmits": result.retransmits,
+        "vpn_cpu_pct": vpn_cpu_pct.map(round3),
+        "cpu_pct_per_gbps": vpn_cpu_pct.filter(|_| gbps > 0.0).map(|pct| round3(pct / gbps)),
+        "box_busy_pct": round3(cpu.box_busy_pct),
+        "min_interval_gbps": result
+            .intervals_bps
+            .iter()
+            .cloned()
+            .reduce(f64::min)
+            .map(|bps| round3(bps / 1e9)),
+    }))
+}
+
+/// utime+stime of some processes (all their threads) and the whole box, at one instant.
+struct CpuSnapshot {
+    at: Instant,
+    process_ticks: u64,
+    box_busy: u64,
+    box_total: u64,
+}
+
+struct CpuUsage {
+    /// The processes' CPU in % of one core.
+    process_pct: f64,
+    /// The whole machine's busy time in % of all cores.
+    box_busy_pct: f64,
+}
+
+impl CpuSnapshot {
+    fn take(pids: &[u32]) -> Self {
+        let process_ticks = pids.iter().filter_map(|pid| process_ticks(*pid)).sum();
+        let (box_busy, box_total) = box_ticks().unwrap_or((0, 0));
+        Self {
+            at: Instant::now(),
+            process_ticks,
+            box_busy,
+            box_total,
+        }
+    }
+
+    fn usage_since(&self, later: &CpuSnapshot) -> CpuUsage {
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let seconds = later.at.duration_since(self.at).as_secs_f64().max(1e-3);
+        let process = later.process_ticks.saturating_sub(self.process_ticks) as f64;
+        let total = later.box_total.saturating_sub(self.box_total).max(1) as f64;
+        CpuUsage {
+            process_pct: 100.0 * process / ticks_per_second / seconds,
+            box_busy_pct: 100.0 * later.box_busy.saturating_sub(self.box_busy) as f64 / total,
+        }
+    }
+}
+
+/// utime + stime (fields 14 and 15 of /proc/PID/stat; they count every thread of the process).
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may contain spaces): state is field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// (busy, total) jiffies of all CPUs from the first line of /proc/stat.
+fn box_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let values: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|value| value.parse().ok())
+        .collect();
+    let total: u64 = values.iter().sum();
+    let idle = values.get(3)? + values.get(4)?;
+    Some((total - idle, total))
+}
+
+/// The log without terminal colour sequences (ESC [ ... letter).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+fn summarize(values: &[f64]) -> Value {
+    if values.is_empty() {
+        return Value::Null;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    };
+    json!({
+        "median": round3(median),
+        "min": round3(sorted[0]),
+        "max": round3(sorted[sorted.len() - 1]),
+        "n": sorted.len(),
+    })
+}
+
+/// The rows of the table: summary key and label.
+const ROWS: [(&str, &str); 8] = [
+    ("tcp1_gbps", "1 stream Gbit/s"),
+    ("tcp4_gbps", "4 streams Gbit/s"),
+    ("tcp1_vpn_cpu_pct", "1 stream VPN CPU %"),
+    ("tcp4_vpn_cpu_pct", "4 streams VPN CPU %"),
+    ("tcp1_cpu_pct_per_gbps", "1 stream CPU % per Gbit/s"),
+    ("tcp4_cpu_pct_per_gbps", "4 streams CPU % per Gbit/s"),
+    ("rtt_ms", "ping RTT ms"),
+    ("added_rtt_ms", "added RTT ms"),
+];
+
+/// ours / OpenVPN for each summary median both legs have.
+fn ratios(ours: &Value, openvpn: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for (key, _) in ROWS {
+        let ours = ours["summary"][key]["median"].as_f64();
+        let theirs = openvpn["summary"][key]["median"].as_f64();
+        if let (Some(ours), Some(theirs)) = (ours, theirs) {
+            if theirs != 0.0 {
+                out.insert(key.to_owned(), json!(round3(ours / theirs)));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+fn print_table(legs: &BTreeMap<&str, Value>, ratios: &Value) {
+    let cell = |leg: &Value, key: &str| -> String {
+        let summary = &leg["summary"][key];
+        match (
+            summary["median"].as_f64(),
+            summary["min"].as_f64(),
+            summary["max"].as_f64(),
+        ) {
+            (Some(median), Some(min), Some(max)) => {
+                format!("{median:.2} [{min:.2}–{max:.2}]")
+            }
+            _ => "-".to_owned(),
+        }
+    };
+    println!();
+    println!(
+        "{:<28} {:>22} {:>22} {:>22} {:>10}",
+        "metric (median [min–max])", "bare veth", "OpenVPN 2.6", "ours", "ours/ovpn"
+    );
+    for (key, label) in ROWS {
+        let ratio = ratios[key]
+            .as_f64()
+            .map(|ratio| format!("{ratio:.2}"))
+            .unwrap_or_else(|| "-".to_owned());
+        println!(
+            "{label:<28} {:>22} {:>22} {:>22} {ratio:>10}",
+            cell(&legs["bare"], key),
+            cell(&legs["openvpn"], key),
+            cell(&legs["ours"], key),
+        );
+    }
+    for (name, leg) in legs {
+        if let Some(status) = leg["status"].as_str().filter(|status| *status != "ok") {
+            println!("{name}: {status}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_is_median_min_max() {
+        let summary = summarize(&[3.0, 1.0, 2.0, 10.0]);
+        assert_eq!(summary["median"], json!(2.5));
+        assert_eq!(summary["min"], json!(1.0));
+        assert_eq!(summary["max"], json!(10.0));
+        assert_eq!(summarize(&[]), Value::Null);
+    }
+
+    #[test]
+    fn ansi_colours_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2mtime\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x"),
+            "time  WARN x"
+        );
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable_and_grows() {
+        let pid = std::process::id();
+        let before = process_ticks(pid).expect("reading own /proc stat");
+        let started = Instant::now();
+        let mut spin = 0u64;
+        while started.elapsed() < Duration::from_millis(300) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        assert!(process_ticks(pid).expect("reading again") > before);
+        assert!(process_ticks(u32::MAX).is_none());
+    }
+}
