@@ -1,9 +1,11 @@
 //! The OpenVPN protocol core, sans-IO: state machines take `now` and bytes and return actions.
 pub mod control_replay;
 pub mod framing;
+pub mod key_method;
 pub mod keys;
 #[cfg(test)]
 mod openvpn_interop_tests;
+pub mod options;
 pub mod packet;
 pub mod prf;
 pub mod tls_auth;
