@@ -2,9 +2,11 @@
 pub mod control_codec;
 pub mod control_replay;
 pub mod framing;
+pub mod key_method;
 pub mod keys;
 #[cfg(test)]
 mod openvpn_interop_tests;
+pub mod options;
 pub mod packet;
 pub mod prf;
 pub mod reliable;
