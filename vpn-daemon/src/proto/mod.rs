@@ -6,5 +6,6 @@ pub mod keys;
 mod openvpn_interop_tests;
 pub mod packet;
 pub mod prf;
+pub mod tls;
 pub mod tls_auth;
 pub mod tls_crypt;
