@@ -10,5 +10,7 @@ pub mod options;
 pub mod packet;
 pub mod prf;
 pub mod reliable;
+pub mod session;
+pub mod tls;
 pub mod tls_auth;
 pub mod tls_crypt;
