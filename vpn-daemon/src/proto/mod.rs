@@ -1,5 +1,6 @@
 //! The OpenVPN protocol core, sans-IO: state machines take `now` and bytes and return actions.
 pub mod control_replay;
+pub mod data;
 pub mod framing;
 pub mod keys;
 #[cfg(test)]
