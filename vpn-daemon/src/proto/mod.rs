@@ -1,6 +1,7 @@
 //! The OpenVPN protocol core, sans-IO: state machines take `now` and bytes and return actions.
 pub mod control_codec;
 pub mod control_replay;
+pub mod data;
 pub mod framing;
 pub mod key_method;
 pub mod keys;
