@@ -22,6 +22,11 @@ pub const DEFAULT_BATCH: usize = 64;
 /// How long [`SendBatch::flush`] keeps retrying while the socket or device queue is full before
 /// it drops (and counts) the datagrams it could not send.
 const SEND_RETRY_BUDGET: Duration = Duration::from_secs(1);
+/// The kernel's limit on segments in one UDP GSO send (`UDP_MAX_SEGMENTS`, 64 before 6.x
+/// raised it to 128; 64 works everywhere).
+const UDP_MAX_SEGMENTS: usize = 64;
+/// Payload bytes in one UDP GSO send: what one IPv4 UDP datagram holds (IPv6 allows 20 more).
+const UDP_GSO_MAX_BYTES: usize = 65_535 - 20 - 8;
 
 /// Preallocated buffers for receiving up to `capacity` datagrams in one `recvmmsg`.
 pub struct RecvBatch {
@@ -204,6 +209,13 @@ pub struct SendBatch {
     headers: Vec<libc::mmsghdr>,
     stats: SendStats,
     last_error: Option<io::ErrorKind>,
+    gso: bool,
+    /// Destinations as given, to find GSO runs.
+    targets: Vec<SocketAddr>,
+    /// Datagrams per message of the headers being sent.
+    groups: Vec<usize>,
+    /// One `UDP_SEGMENT` control message buffer per GSO message.
+    controls: Vec<[u64; 4]>,
 }
 
 // SAFETY: as for RecvBatch: the pointers in `iovecs`/`headers` refer to this struct's own heap
@@ -224,6 +236,10 @@ impl SendBatch {
             headers: Vec::with_capacity(capacity),
             stats: SendStats::default(),
             last_error: None,
+            gso: false,
+            targets: Vec::with_capacity(capacity),
+            groups: Vec::with_capacity(capacity),
+            controls: Vec::with_capacity(capacity),
         }
     }
 
@@ -282,6 +298,7 @@ impl SendBatch {
             });
         }
         self.lens.push(len);
+        self.targets.push(destination);
         self.destinations
             .push(storage_from_socket_addr(destination));
         Ok(())
@@ -295,20 +312,29 @@ impl SendBatch {
     pub fn flush(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
         let fd = socket.as_raw_fd();
         let total = self.lens.len();
-        let mut next = 0;
+        // Datagrams handled (sent or dropped) so far.
+        let mut done = 0;
+        let mut next_header = 0;
         let mut sent = 0;
         let mut retry_deadline: Option<Instant> = None;
-        self.prepare_headers();
-        while next < total {
-            let pending = self.headers.get_mut(next..).unwrap_or_default();
-            // SAFETY: every mmsghdr in `pending` points at an iovec in `iovecs` and a sockaddr
-            // in `destinations`, which in turn point into `buffers`; all live for this call.
+        self.prepare_headers(0);
+        while done < total {
+            let pending = self.headers.get_mut(next_header..).unwrap_or_default();
+            // SAFETY: every mmsghdr in `pending` points at iovecs in `iovecs`, a sockaddr in
+            // `destinations` and (with GSO) a cmsg in `controls`; the iovecs point into
+            // `buffers`. None of these vectors is touched until the call returns.
             let rc = unsafe {
                 libc::sendmmsg(fd, pending.as_mut_ptr(), pending.len() as libc::c_uint, 0)
             };
             if rc > 0 {
-                let accepted = rc as usize;
-                next += accepted;
+                let accepted: usize = self
+                    .groups
+                    .get(next_header..next_header + rc as usize)
+                    .unwrap_or_default()
+                    .iter()
+                    .sum();
+                next_header += rc as usize;
+                done += accepted;
                 sent += accepted;
                 retry_deadline = None;
                 continue;
@@ -318,6 +344,7 @@ impl SendBatch {
             } else {
                 io::Error::last_os_error()
             };
+            let group = self.groups.get(next_header).copied().unwrap_or(1);
             match error.raw_os_error() {
                 Some(libc::EINTR) => {}
                 Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
@@ -326,8 +353,8 @@ impl SendBatch {
                     if Instant::now() >= deadline {
                         // Give up on what is left rather than stall the data path forever.
                         self.last_error = Some(error.kind());
-                        self.stats.dropped += (total - next) as u64;
-                        next = total;
+                        self.stats.dropped += (total - done) as u64;
+                        done = total;
                         continue;
                     }
                     self.stats.retries += 1;
@@ -339,16 +366,25 @@ impl SendBatch {
                     }
                 }
                 Some(libc::EBADF) | Some(libc::ENOTSOCK) | Some(libc::EFAULT) => {
-                    self.stats.dropped += (total - next) as u64;
+                    self.stats.dropped += (total - done) as u64;
                     self.stats.sent += sent as u64;
                     self.clear();
                     return Err(error);
                 }
-                _ => {
-                    // The first pending datagram itself is refused: skip it, send the rest.
+                Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) if group > 1 => {
+                    // The path cannot segment (no checksum offload, old kernel): send the rest
+                    // one datagram per message, now and from now on.
+                    self.gso = false;
                     self.last_error = Some(error.kind());
-                    self.stats.dropped += 1;
-                    next += 1;
+                    next_header = 0;
+                    self.prepare_headers(done);
+                }
+                _ => {
+                    // The first pending message itself is refused: skip it, send the rest.
+                    self.last_error = Some(error.kind());
+                    self.stats.dropped += group as u64;
+                    done += group;
+                    next_header += 1;
                 }
             }
         }
@@ -357,12 +393,28 @@ impl SendBatch {
         Ok(sent)
     }
 
+    /// Sends runs of equal-sized datagrams to one destination as one UDP GSO message
+    /// (`UDP_SEGMENT`), which the kernel splits after routing: one trip through the stack per
+    /// run instead of per datagram. Off by default; turned off again by the first flush whose
+    /// path cannot segment.
+    pub fn set_udp_gso(&mut self, enabled: bool) {
+        self.gso = enabled;
+    }
+
+    /// Whether UDP GSO is (still) in use.
+    pub fn udp_gso(&self) -> bool {
+        self.gso
+    }
+
     /// Forgets every queued datagram without sending it.
     pub fn clear(&mut self) {
         self.lens.clear();
+        self.targets.clear();
         self.destinations.clear();
         self.headers.clear();
         self.iovecs.clear();
+        self.groups.clear();
+        self.controls.clear();
     }
 
     /// Counters since creation.
@@ -375,9 +427,13 @@ impl SendBatch {
         self.last_error
     }
 
-    fn prepare_headers(&mut self) {
+    /// Builds one message per datagram from `first` on, or with GSO one per run of
+    /// equal-sized datagrams (the last may be shorter) to the same destination.
+    fn prepare_headers(&mut self, first: usize) {
         self.iovecs.clear();
         self.headers.clear();
+        self.groups.clear();
+        self.controls.clear();
         let base = self.buffers.as_mut_ptr();
         for (slot, &len) in self.lens.iter().enumerate() {
             self.iovecs.push(libc::iovec {
@@ -386,15 +442,74 @@ impl SendBatch {
                 iov_len: len,
             });
         }
-        for (slot, (address, address_len)) in self.destinations.iter_mut().enumerate() {
+        let total = self.lens.len();
+        let mut start = first;
+        while start < total {
+            let end = if self.gso {
+                self.gso_run_end(start)
+            } else {
+                start + 1
+            };
+            self.groups.push(end - start);
+            start = end;
+        }
+        // Reserve every control buffer before taking pointers into the vector.
+        self.controls.resize(self.groups.len(), [0; 4]);
+        let mut start = first;
+        for (index, &count) in self.groups.iter().enumerate() {
             // SAFETY: msghdr is plain old data; all-zero is valid (no control, no flags).
             let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            let (address, address_len) = &mut self.destinations[start];
             header.msg_hdr.msg_name = (address as *mut libc::sockaddr_storage).cast();
             header.msg_hdr.msg_namelen = *address_len;
-            header.msg_hdr.msg_iov = &mut self.iovecs[slot];
-            header.msg_hdr.msg_iovlen = 1;
+            header.msg_hdr.msg_iov = &mut self.iovecs[start];
+            header.msg_hdr.msg_iovlen = count;
+            if count > 1 {
+                let control = &mut self.controls[index];
+                header.msg_hdr.msg_control = control.as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE is a pure size computation.
+                header.msg_hdr.msg_controllen =
+                    unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+                // SAFETY: the control buffer (32 bytes, 8-aligned) holds CMSG_SPACE(2) = 24
+                // bytes, so the first cmsghdr and its 2 data bytes fit inside it.
+                unsafe {
+                    let cmsg = libc::CMSG_FIRSTHDR(&header.msg_hdr);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                    let segment = self.lens[start] as u16;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+                }
+            }
             self.headers.push(header);
+            start += count;
         }
+    }
+
+    /// End (exclusive) of the GSO run starting at datagram `start`.
+    fn gso_run_end(&self, start: usize) -> usize {
+        let segment = self.lens[start];
+        if segment == 0 {
+            return start + 1;
+        }
+        let mut end = start + 1;
+        let mut bytes = segment;
+        while end < self.lens.len()
+            && end - start < UDP_MAX_SEGMENTS
+            && self.targets[end] == self.targets[start]
+            && self.lens[end] <= segment
+            // An empty datagram would vanish inside a GSO message.
+            && self.lens[end] > 0
+            && bytes + self.lens[end] <= UDP_GSO_MAX_BYTES
+        {
+            bytes += self.lens[end];
+            end += 1;
+            // Only the last segment of a run may be shorter.
+            if self.lens[end - 1] < segment {
+                break;
+            }
+        }
+        end
     }
 }
 
@@ -595,6 +710,54 @@ mod tests {
         // SAFETY: all-zero sockaddr_storage is valid (AF_UNSPEC).
         let unspec: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         assert_eq!(socket_addr_from_storage(&unspec, 128), None);
+    }
+
+    #[test]
+    fn gso_runs_are_equal_sized_datagrams_to_one_destination() {
+        let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:1".parse().unwrap();
+        let mut batch = SendBatch::new(16, 100);
+        // sizes/destinations: run [100,100,60] to a; [100] to b; [100,100] to a; [0] to a;
+        // a shorter datagram ends a run, a longer one starts a new run.
+        for (len, to) in [
+            (100, a),
+            (100, a),
+            (60, a),
+            (100, b),
+            (100, a),
+            (100, a),
+            (0, a),
+        ] {
+            batch.push(&vec![1; len], to).unwrap();
+        }
+        batch.prepare_headers(0);
+        assert_eq!(batch.groups, vec![1; 7], "GSO is off by default");
+        batch.set_udp_gso(true);
+        batch.prepare_headers(0);
+        assert_eq!(batch.groups, vec![3, 1, 2, 1]);
+        assert_eq!(batch.headers[0].msg_hdr.msg_iovlen, 3);
+        assert!(!batch.headers[0].msg_hdr.msg_control.is_null());
+        assert!(
+            batch.headers[1].msg_hdr.msg_control.is_null(),
+            "a single datagram: no cmsg"
+        );
+        batch.prepare_headers(4);
+        assert_eq!(
+            batch.groups,
+            vec![2, 1],
+            "rebuilt from datagram 4 after a GSO refusal"
+        );
+        batch.clear();
+
+        let mut long = SendBatch::new(200, 1400);
+        for _ in 0..200 {
+            long.push(&[0; 1400], a).unwrap();
+        }
+        long.set_udp_gso(true);
+        long.prepare_headers(0);
+        // 46 * 1400 = 64400 <= 65507 < 47 * 1400.
+        assert!(long.groups.iter().all(|&n| n <= 46), "{:?}", long.groups);
+        assert_eq!(long.groups.iter().sum::<usize>(), 200);
     }
 
     #[test]
