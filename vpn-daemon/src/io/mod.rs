@@ -1,3 +1,6 @@
 //! Everything that touches the kernel or sockets. The rest of the daemon stays testable without them.
 pub mod control;
 pub mod ebpf;
+pub mod netlink;
+pub mod tun;
+pub mod udp_batch;
