@@ -5,6 +5,7 @@
 
 use std::{
     collections::BTreeSet,
+    sync::Arc,
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -21,6 +22,8 @@ use crate::{
     io::{
         control::{ControlRequest, ControlSocket, Request, Response},
         ebpf::WanFilter,
+        netlink::Netlink,
+        tunnel::TunnelRuntime,
     },
     status::{Status, TunnelStatus, WanStatus},
 };
@@ -43,9 +46,20 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     )
     .with_context(|| format!("setting up the WAN filter on {}", config.interfaces.wan))?;
     wan.set_tunnel_ports(&tunnel_ports(&config))?;
+    let netlink = Arc::new(Netlink::new().await.context("opening rtnetlink")?);
+    let mut tunnels = Vec::new();
     for tunnel in &config.tunnels {
-        // The OpenVPN engine lands with the protocol work; until then a tunnel is configured only.
-        tracing::warn!(tunnel = %tunnel.name, "tunnel inactive: this build has no OpenVPN engine yet");
+        match TunnelRuntime::start(&config, tunnel, netlink.clone()).await {
+            Ok(runtime) => tunnels.push(runtime),
+            Err(error) => {
+                // Undo what already started before refusing to run.
+                for runtime in tunnels {
+                    TunnelRuntime::stop(runtime).await;
+                }
+                wan.detach()?;
+                return Err(error.context(format!("starting tunnel {}", tunnel.name)));
+            }
+        }
     }
 
     let (requests_tx, mut requests) = mpsc::channel::<ControlRequest>(16);
@@ -55,6 +69,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         config,
         wan,
         started: Instant::now(),
+        tunnels,
+        netlink,
     };
 
     tracing::info!(node = %state.config.node.name, socket = %state.config.node.control_socket.display(), "running");
@@ -62,13 +78,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = sighup.recv() => state.reload(),
+            _ = sighup.recv() => state.reload().await,
             Some((request, reply_to)) = requests.recv() => {
                 let _ = reply_to.send(state.answer(request));
             }
         }
     }
     control_task.abort();
+    for runtime in std::mem::take(&mut state.tunnels) {
+        runtime.stop().await;
+    }
     state.wan.detach()?;
     drop(control);
     tracing::info!("stopped");
@@ -80,6 +99,8 @@ struct Running {
     config: Config,
     wan: WanFilter,
     started: Instant,
+    tunnels: Vec<TunnelRuntime>,
+    netlink: Arc<Netlink>,
 }
 
 impl Running {
@@ -112,20 +133,30 @@ impl Running {
                 .config
                 .tunnels
                 .iter()
-                .map(|tunnel| TunnelStatus {
-                    name: tunnel.name.clone(),
-                    role: tunnel.role.to_string(),
-                    transport: tunnel.transport.to_string(),
-                    local: tunnel.local.map(|local| local.to_string()),
-                    remotes: tunnel.remotes.iter().map(ToString::to_string).collect(),
-                    device: tunnel.device.clone(),
-                    state: "inactive".to_owned(),
+                .map(|tunnel| {
+                    let runtime = self
+                        .tunnels
+                        .iter()
+                        .find(|runtime| runtime.name() == tunnel.name)
+                        .map(TunnelRuntime::status);
+                    TunnelStatus {
+                        name: tunnel.name.clone(),
+                        role: tunnel.role.to_string(),
+                        transport: tunnel.transport.to_string(),
+                        local: tunnel.local.map(|local| local.to_string()),
+                        remotes: tunnel.remotes.iter().map(ToString::to_string).collect(),
+                        device: tunnel.device.clone(),
+                        state: runtime
+                            .as_ref()
+                            .map_or_else(|| "stopped".to_owned(), |runtime| runtime.state.clone()),
+                        runtime,
+                    }
                 })
                 .collect(),
         })
     }
 
-    fn reload(&mut self) {
+    async fn reload(&mut self) {
         let new = match Config::load(&self.config_path) {
             Ok(new) => new,
             Err(error) => {
@@ -147,6 +178,28 @@ impl Running {
             }
             return;
         }
+        // Tunnels whose settings changed restart; the others keep their sessions.
+        let mut kept = Vec::new();
+        for runtime in std::mem::take(&mut self.tunnels) {
+            let old = self.config.tunnels.iter().find(|tunnel| tunnel.name == runtime.name());
+            let updated = new.tunnels.iter().find(|tunnel| tunnel.name == runtime.name());
+            if old.is_some() && old == updated && self.config.pki == new.pki {
+                kept.push(runtime);
+            } else {
+                tracing::info!(tunnel = runtime.name(), "SIGHUP: stopping tunnel");
+                runtime.stop().await;
+            }
+        }
+        for tunnel in &new.tunnels {
+            if kept.iter().any(|runtime| runtime.name() == tunnel.name) {
+                continue;
+            }
+            match TunnelRuntime::start(&new, tunnel, self.netlink.clone()).await {
+                Ok(runtime) => kept.push(runtime),
+                Err(error) => tracing::error!(tunnel = %tunnel.name, error = %format!("{error:#}"), "SIGHUP: cannot start tunnel"),
+            }
+        }
+        self.tunnels = kept;
         tracing::info!(summary = %new.summary(), "SIGHUP: config reloaded");
         self.config = new;
     }

@@ -35,6 +35,8 @@ pub struct TunnelStatus {
     pub remotes: Vec<String>,
     pub device: String,
     pub state: String,
+    /// Session and data-path details while the tunnel runs.
+    pub runtime: Option<crate::io::tunnel::TunnelRuntimeStatus>,
 }
 
 impl Status {
@@ -69,6 +71,24 @@ impl Status {
                 "tunnel {} {}/{} dev {} {}: {}",
                 tunnel.name, tunnel.role, tunnel.transport, tunnel.device, endpoint, tunnel.state
             );
+            if let Some(runtime) = &tunnel.runtime {
+                if let Some(peer) = &runtime.peer {
+                    let _ = writeln!(
+                        out,
+                        "  peer {peer} cn {} cipher {} keys {} ({} negotiated)",
+                        runtime.peer_common_name.as_deref().unwrap_or("-"),
+                        runtime.cipher.as_deref().unwrap_or("-"),
+                        runtime.key_derivation.as_deref().unwrap_or("-"),
+                        runtime.keys_negotiated
+                    );
+                }
+                if let Some(error) = &runtime.last_error {
+                    let _ = writeln!(out, "  last error: {error}");
+                }
+                for (name, value) in &runtime.counters {
+                    let _ = writeln!(out, "  {name:<20} {value}");
+                }
+            }
         }
         out
     }

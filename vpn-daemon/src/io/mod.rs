@@ -4,3 +4,4 @@ pub mod ebpf;
 pub mod netlink;
 pub mod tun;
 pub mod udp_batch;
+pub mod tunnel;

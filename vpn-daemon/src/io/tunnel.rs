@@ -1,0 +1,1060 @@
+//! One configured tunnel at run time: a tokio control task driving the sans-IO
+//! [`Session`](crate::proto::session::Session), and blocking data-path threads that move packets
+//! between the tun device and the wire without locks shared with other tunnels.
+//!
+//! ```text
+//!            tun ──read──► [tun→wire thread] ──seal (current SendKey)──► UDP / TCP
+//!            tun ◄─write── [wire→tun thread] ◄─open (ReceiveKeys)─────── UDP / TCP
+//!                                   │ control packets                       ▲
+//!                                   ▼                                       │
+//!                          [control task: Session] ──── Transmit ───────────┘
+//! ```
+//!
+//! The session hands out keys as events; the data path reads the current send key through an
+//! `ArcSwap` (no lock per packet) and the receive keys under a per-tunnel mutex that only the
+//! one receiving thread takes per batch.
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwapOption;
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::netlink::Netlink;
+use super::tun::{TunDevice, TunQueue};
+use super::udp_batch::{set_socket_buffers, RecvBatch, SendBatch};
+use crate::config::{Addressing, Config, ControlProtection, Role, TlsRole, Topology, Transport, Tunnel};
+use crate::proto::control_codec::{ControlCodec, Protection};
+use crate::proto::data::{peek_data_key, CompressionFraming, ReceiveKey, Received, ReplayConfig, SendKey};
+use crate::proto::framing::{encode_frame, FrameDecoder};
+use crate::proto::keys::StaticKey;
+use crate::proto::options::{options_string, OccOptions, OccTransport, PeerInfo, PushOptions};
+use crate::proto::packet::peek_opcode;
+use crate::proto::session::{
+    LinkActivity, Session, SessionConfig, SessionEnd, SessionEvent, SessionMode, TlsSetup,
+};
+use crate::proto::tls::{self, PeerChecks, PkiMaterial};
+use crate::proto::tls_auth::TlsAuth;
+use crate::proto::tls_crypt::TlsCrypt;
+
+/// How long a client waits before reconnecting after a session ended.
+const RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// Largest packet we read from tun or the wire.
+const MAX_PACKET: usize = 65_535;
+/// How often blocking data-path threads look at the stop flag.
+const POLL_INTERVAL_MS: i32 = 200;
+
+/// Data-path counters of one tunnel.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub rx_replayed: AtomicU64,
+    pub rx_unauthenticated: AtomicU64,
+    pub rx_malformed: AtomicU64,
+    pub rx_compressed: AtomicU64,
+    pub rx_unknown_key: AtomicU64,
+    pub tx_no_key: AtomicU64,
+    pub tx_errors: AtomicU64,
+    /// Control packets refused by tls-auth/tls-crypt: never answered.
+    pub control_unauthenticated: AtomicU64,
+    /// Control packets dropped as replays or as not belonging to the session.
+    pub control_dropped: AtomicU64,
+}
+
+/// A snapshot of a tunnel for `vpn-daemon status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelRuntimeStatus {
+    pub state: String,
+    pub peer: Option<String>,
+    pub peer_common_name: Option<String>,
+    pub cipher: Option<String>,
+    pub key_derivation: Option<String>,
+    pub keys_negotiated: u64,
+    pub last_error: Option<String>,
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// Where data packets go: the UDP socket and peer, or the TCP connection.
+enum Wire {
+    Udp { socket: Arc<UdpSocket>, peer: SocketAddr },
+    Tcp { stream: Arc<Mutex<TcpStream>> },
+}
+
+/// What the data-path threads share with the control task.
+struct DataPlane {
+    send_key: ArcSwapOption<SendKey>,
+    receive_keys: Mutex<Vec<ReceiveKey>>,
+    wire: ArcSwapOption<Wire>,
+    counters: Counters,
+    anchor: Instant,
+    last_received_ms: AtomicU64,
+    last_sent_ms: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl DataPlane {
+    fn millis(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.anchor).as_millis() as u64
+    }
+
+    fn mark_received(&self) {
+        self.last_received_ms.store(self.millis(Instant::now()), Ordering::Relaxed);
+    }
+
+    fn mark_sent(&self) {
+        self.last_sent_ms.store(self.millis(Instant::now()), Ordering::Relaxed);
+    }
+
+    fn activity(&self) -> LinkActivity {
+        let at = |ms: u64| self.anchor + Duration::from_millis(ms);
+        LinkActivity {
+            last_received: at(self.last_received_ms.load(Ordering::Relaxed)),
+            last_sent: at(self.last_sent_ms.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Sends one already-sealed or control packet to the peer.
+    fn send_packet(&self, packet: &[u8]) -> std::io::Result<()> {
+        let wire = self.wire.load();
+        match wire.as_deref() {
+            Some(Wire::Udp { socket, peer }) => socket.send_to(packet, peer).map(|_| ()),
+            Some(Wire::Tcp { stream }) => {
+                let mut framed = Vec::with_capacity(packet.len() + 2);
+                encode_frame(packet, &mut framed).map_err(std::io::Error::other)?;
+                let mut stream = stream.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+                stream.write_all(&framed)
+            }
+            None => Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "no peer yet")),
+        }?;
+        self.mark_sent();
+        Ok(())
+    }
+
+    /// Decrypts one data packet and writes it to tun.
+    fn receive_data(&self, keys: &mut [ReceiveKey], packet: &mut [u8], tun: &TunQueue) -> bool {
+        let Ok((_, key_id, _)) = peek_data_key(packet) else {
+            self.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        let Some(key) = keys.iter_mut().find(|key| key.key_id() == key_id) else {
+            self.counters.rx_unknown_key.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        match key.open(Instant::now(), packet) {
+            Ok(Received::Ip(payload)) => {
+                self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                self.counters.rx_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                let _ = tun.write(payload);
+                true
+            }
+            Ok(Received::Ping) | Ok(Received::Occ(_)) => true,
+            Ok(Received::OccExit) => {
+                // The control task notices through the keepalive/exit path.
+                self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok(Received::Compressed) => {
+                self.counters.rx_compressed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("dropped a compressed data packet: compression is not supported, only its framing");
+                true
+            }
+            Err(error) => {
+                use crate::proto::data::DataError;
+                match error {
+                    DataError::Replay => self.counters.rx_replayed.fetch_add(1, Ordering::Relaxed),
+                    DataError::Unauthenticated => self.counters.rx_unauthenticated.fetch_add(1, Ordering::Relaxed),
+                    _ => self.counters.rx_malformed.fetch_add(1, Ordering::Relaxed),
+                };
+                false
+            }
+        }
+    }
+}
+
+/// Input to the control task.
+enum ControlInput {
+    Packet { bytes: Vec<u8>, from: SocketAddr },
+    ConnectionLost,
+    TcpConnected { stream: TcpStream, peer: SocketAddr },
+}
+
+/// A running tunnel.
+pub struct TunnelRuntime {
+    name: String,
+    status: Arc<Mutex<TunnelRuntimeStatus>>,
+    plane: Arc<DataPlane>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TunnelRuntime {
+    /// Creates the tun device and sockets and starts the tunnel.
+    pub async fn start(config: &Config, tunnel: &Tunnel, netlink: Arc<Netlink>) -> anyhow::Result<TunnelRuntime> {
+        let tls_role = tls_role(tunnel);
+        let pki = PkiMaterial::load(&config.pki).context("loading the PKI")?;
+        let checks = PeerChecks {
+            remote_cert_tls: tunnel.remote_cert_tls,
+            verify_x509_name: tunnel.verify_x509_name.clone(),
+        };
+        let tls_setup = match tls_role {
+            TlsRole::Client => TlsSetup::Client(tls::client_config(&pki, &checks)?),
+            TlsRole::Server => TlsSetup::Server(tls::server_config(&pki, &checks)?),
+        };
+        let protection_source = load_protection(&tunnel.control_protection)?;
+        let session_config = session_config(tunnel, tls_setup)?;
+
+        let device = TunDevice::create(&tunnel.device, 1).with_context(|| format!("creating tun {}", tunnel.device))?;
+        let index = device.ifindex();
+        netlink.set_link_up(index, Some(u32::from(tunnel.mtu))).await?;
+        configure_static_addresses(&netlink, index, tunnel).await?;
+
+        let plane = Arc::new(DataPlane {
+            send_key: ArcSwapOption::empty(),
+            receive_keys: Mutex::new(Vec::new()),
+            wire: ArcSwapOption::empty(),
+            counters: Counters::default(),
+            anchor: Instant::now(),
+            last_received_ms: AtomicU64::new(0),
+            last_sent_ms: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let (input_tx, input_rx) = mpsc::channel::<ControlInput>(1024);
+        let queue = device.queue(0).context("the tun device has no queue")?;
+        let tun_read = queue.try_clone().context("cloning the tun queue")?;
+        let tun_write = queue.try_clone().context("cloning the tun queue")?;
+        let mut threads = Vec::new();
+
+        let udp = match tunnel.transport {
+            Transport::Udp => {
+                let bind = tunnel.local.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+                let socket = UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+                socket.set_nonblocking(true)?;
+                if let Err(error) = set_socket_buffers(&socket, 4 << 20) {
+                    tracing::warn!(%error, "cannot enlarge the UDP socket buffers");
+                }
+                let socket = Arc::new(socket);
+                let plane_rx = plane.clone();
+                let socket_rx = socket.clone();
+                let tx = input_tx.clone();
+                threads.push(spawn_named(format!("{}-rx", tunnel.name), move || {
+                    udp_receive_loop(&plane_rx, &socket_rx, &tun_write, &tx)
+                })?);
+                Some(socket)
+            }
+            Transport::Tcp => {
+                let tun_for_tcp = tun_write;
+                let plane_tcp = plane.clone();
+                let tx = input_tx.clone();
+                let listener = match (tunnel.local, tls_role, &tunnel.addressing, tunnel.role) {
+                    (Some(local), _, _, Role::Server) | (Some(local), TlsRole::Server, Addressing::P2p { .. }, _)
+                        if tunnel.remotes.is_empty() || tunnel.role == Role::Server =>
+                    {
+                        Some(TcpListener::bind(local).with_context(|| format!("listening on TCP {local}"))?)
+                    }
+                    _ => None,
+                };
+                let remotes = tunnel.remotes.clone();
+                threads.push(spawn_named(format!("{}-tcp", tunnel.name), move || {
+                    tcp_connection_loop(&plane_tcp, listener, remotes, &tun_for_tcp, &tx)
+                })?);
+                None
+            }
+        };
+        let plane_tx = plane.clone();
+        threads.push(spawn_named(format!("{}-tx", tunnel.name), move || tun_send_loop(&plane_tx, &tun_read))?);
+
+        let status = Arc::new(Mutex::new(TunnelRuntimeStatus {
+            state: "connecting".into(),
+            ..Default::default()
+        }));
+        let (stop, stop_rx) = watch::channel(false);
+        let control = ControlTask {
+            name: tunnel.name.clone(),
+            tunnel: tunnel.clone(),
+            tls_role,
+            session_config,
+            protection_source,
+            plane: plane.clone(),
+            udp,
+            netlink,
+            ifindex: index,
+            status: status.clone(),
+            session: None,
+            peer: None,
+            device: Some(device),
+            threads,
+        };
+        let task = tokio::spawn(control.run(input_rx, stop_rx));
+        Ok(TunnelRuntime {
+            name: tunnel.name.clone(),
+            status,
+            plane,
+            stop,
+            task,
+        })
+    }
+
+    /// The tunnel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A status snapshot.
+    pub fn status(&self) -> TunnelRuntimeStatus {
+        let mut status = self.status.lock().map(|status| status.clone()).unwrap_or_default();
+        let counters = &self.plane.counters;
+        let pairs = [
+            ("tx_packets", &counters.tx_packets),
+            ("tx_bytes", &counters.tx_bytes),
+            ("rx_packets", &counters.rx_packets),
+            ("rx_bytes", &counters.rx_bytes),
+            ("rx_replayed", &counters.rx_replayed),
+            ("rx_unauthenticated", &counters.rx_unauthenticated),
+            ("rx_malformed", &counters.rx_malformed),
+            ("rx_compressed", &counters.rx_compressed),
+            ("rx_unknown_key", &counters.rx_unknown_key),
+            ("tx_no_key", &counters.tx_no_key),
+            ("tx_errors", &counters.tx_errors),
+            ("control_unauthenticated", &counters.control_unauthenticated),
+            ("control_dropped", &counters.control_dropped),
+        ];
+        status.counters = pairs
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.load(Ordering::Relaxed)))
+            .collect();
+        status
+    }
+
+    /// Says goodbye to the peer, stops the threads and removes the tun device.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn spawn_named(name: String, body: impl FnOnce() + Send + 'static) -> anyhow::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.chars().take(15).collect())
+        .spawn(body)
+        .context("spawning a data-path thread")
+}
+
+fn tls_role(tunnel: &Tunnel) -> TlsRole {
+    match (&tunnel.role, &tunnel.addressing) {
+        (Role::Client, _) => TlsRole::Client,
+        (Role::Server, _) => TlsRole::Server,
+        (Role::P2p, Addressing::P2p { tls, .. }) => *tls,
+        (Role::P2p, _) => TlsRole::Server,
+    }
+}
+
+/// The static key material of the control-channel protection, read once.
+#[derive(Clone)]
+enum ProtectionSource {
+    None,
+    TlsAuth(Arc<StaticKey>, Option<crate::config::KeyDirection>, crate::config::TlsAuthDigest),
+    TlsCrypt(Arc<StaticKey>),
+}
+
+fn load_protection(protection: &ControlProtection) -> anyhow::Result<ProtectionSource> {
+    let read_key = |path: &std::path::Path| -> anyhow::Result<Arc<StaticKey>> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Arc::new(StaticKey::parse(&text).with_context(|| format!("parsing {}", path.display()))?))
+    };
+    Ok(match protection {
+        ControlProtection::None => ProtectionSource::None,
+        ControlProtection::TlsAuth { key, direction, digest } => {
+            ProtectionSource::TlsAuth(read_key(key)?, *direction, *digest)
+        }
+        ControlProtection::TlsCrypt { key } => ProtectionSource::TlsCrypt(read_key(key)?),
+    })
+}
+
+impl ProtectionSource {
+    fn build(&self, role: TlsRole) -> Protection {
+        match self {
+            ProtectionSource::None => Protection::None,
+            ProtectionSource::TlsAuth(key, direction, digest) => Protection::TlsAuth(TlsAuth::new(key, *direction, *digest)),
+            ProtectionSource::TlsCrypt(key) => Protection::TlsCrypt(TlsCrypt::new(key, role)),
+        }
+    }
+}
+
+fn session_config(tunnel: &Tunnel, tls: TlsSetup) -> anyhow::Result<SessionConfig> {
+    let tls_role = match &tls {
+        TlsSetup::Client(_) => TlsRole::Client,
+        TlsSetup::Server(_) => TlsRole::Server,
+    };
+    let mode = match &tunnel.addressing {
+        Addressing::Client => SessionMode::Client,
+        Addressing::P2p { .. } => SessionMode::P2p,
+        Addressing::Server { subnet, topology, push_routes } => {
+            SessionMode::Server { push: server_push(*subnet, *topology, push_routes), peer_id: 0 }
+        }
+    };
+    let mut config = SessionConfig::new(tls, mode, tunnel.transport, tunnel.ciphers.clone());
+    let ifconfig = match &tunnel.addressing {
+        Addressing::P2p { local, remote, .. } => Some((*local, *remote)),
+        _ => None,
+    };
+    let occ_transport = match (tunnel.transport, tls_role) {
+        (Transport::Udp, _) => OccTransport::Udp,
+        // Over TCP the TLS client opens the connection, except a server's clients.
+        (Transport::Tcp, TlsRole::Client) => OccTransport::TcpClient,
+        (Transport::Tcp, TlsRole::Server) => OccTransport::TcpServer,
+    };
+    let (tls_auth, key_direction) = match &tunnel.control_protection {
+        ControlProtection::TlsAuth { direction, .. } => (true, *direction),
+        _ => (false, None),
+    };
+    config.options_string = options_string(&OccOptions {
+        role: tls_role,
+        transport: occ_transport,
+        tun_mtu: tunnel.mtu,
+        cipher: tunnel.ciphers.first().copied(),
+        ifconfig,
+        tls_auth,
+        key_direction,
+    });
+    config.tun_mtu = tunnel.mtu;
+    config.peer_info = PeerInfo::ours(&tunnel.ciphers, matches!(tunnel.addressing, Addressing::P2p { .. }), tunnel.mtu);
+    config.keepalive = tunnel.keepalive;
+    config.reneg_interval = (!tunnel.reneg_interval.is_zero()).then_some(tunnel.reneg_interval);
+    config.compression = CompressionFraming::None;
+    config.replay = ReplayConfig {
+        tcp: tunnel.transport == Transport::Tcp,
+        ..ReplayConfig::default()
+    };
+    Ok(config)
+}
+
+/// What our server pushes to its (one, for now) client, besides cipher/peer-id/keepalive.
+fn server_push(subnet: Ipv4Net, topology: Topology, push_routes: &[Ipv4Net]) -> PushOptions {
+    let mut push = PushOptions::default();
+    let base = u32::from(subnet.network());
+    match topology {
+        Topology::Subnet => {
+            push.topology = Some(Topology::Subnet);
+            push.route_gateway = Some(Ipv4Addr::from(base + 1));
+            push.ifconfig = Some((Ipv4Addr::from(base + 2), subnet.netmask()));
+        }
+        Topology::Net30 => {
+            push.topology = Some(Topology::Net30);
+            // The server is .1 (peer .2); the first client gets the second /30, as OpenVPN does.
+            push.ifconfig = Some((Ipv4Addr::from(base + 6), Ipv4Addr::from(base + 5)));
+            if let Ok(server) = Ipv4Net::new(Ipv4Addr::from(base + 1), 32) {
+                push.routes.push((server, None));
+            }
+        }
+    }
+    for route in push_routes {
+        push.routes.push((*route, None));
+    }
+    push
+}
+
+/// Addresses and routes known before any peer connects (p2p and server).
+async fn configure_static_addresses(netlink: &Netlink, index: u32, tunnel: &Tunnel) -> anyhow::Result<()> {
+    match &tunnel.addressing {
+        Addressing::P2p { local, remote, .. } => {
+            netlink.add_address(index, IpAddr::V4(*local), 32, Some(IpAddr::V4(*remote))).await?;
+        }
+        Addressing::Server { subnet, topology, .. } => {
+            let base = u32::from(subnet.network());
+            let server = Ipv4Addr::from(base + 1);
+            match topology {
+                Topology::Subnet => netlink.add_address(index, IpAddr::V4(server), subnet.prefix_len(), None).await?,
+                Topology::Net30 => {
+                    netlink
+                        .add_address(index, IpAddr::V4(server), 32, Some(IpAddr::V4(Ipv4Addr::from(base + 2))))
+                        .await?;
+                    netlink.replace_route(IpNet::V4(*subnet), None, index, None).await?;
+                }
+            }
+        }
+        Addressing::Client => {}
+    }
+    for route in &tunnel.routes {
+        netlink.replace_route(*route, None, index, None).await?;
+    }
+    Ok(())
+}
+
+/// Addresses and routes a client learns from PUSH_REPLY.
+async fn configure_pushed(netlink: &Netlink, index: u32, pushed: &PushOptions) -> anyhow::Result<()> {
+    if let Some((address, second)) = pushed.ifconfig {
+        match pushed.topology.unwrap_or(Topology::Net30) {
+            Topology::Subnet => {
+                let prefix = u32::from(second).leading_ones() as u8;
+                netlink.add_address(index, IpAddr::V4(address), prefix, None).await?;
+            }
+            Topology::Net30 => {
+                netlink.add_address(index, IpAddr::V4(address), 32, Some(IpAddr::V4(second))).await?;
+            }
+        }
+    }
+    for (route, _gateway) in &pushed.routes {
+        netlink.replace_route(IpNet::V4(*route), None, index, None).await?;
+    }
+    Ok(())
+}
+
+/// The tokio side of a tunnel.
+struct ControlTask {
+    name: String,
+    tunnel: Tunnel,
+    tls_role: TlsRole,
+    session_config: SessionConfig,
+    protection_source: ProtectionSource,
+    plane: Arc<DataPlane>,
+    udp: Option<Arc<UdpSocket>>,
+    netlink: Arc<Netlink>,
+    ifindex: u32,
+    status: Arc<Mutex<TunnelRuntimeStatus>>,
+    session: Option<Session>,
+    peer: Option<SocketAddr>,
+    device: Option<TunDevice>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ControlTask {
+    async fn run(mut self, mut input: mpsc::Receiver<ControlInput>, mut stop: watch::Receiver<bool>) {
+        let mut reconnect_at: Option<Instant> = Some(Instant::now());
+        let mut remote_index = 0usize;
+        loop {
+            // Clients (and p2p TLS clients over UDP) start sessions on their own.
+            if self.session.is_none() && self.initiates() && self.tunnel.transport == Transport::Udp {
+                if let Some(at) = reconnect_at {
+                    if Instant::now() >= at {
+                        reconnect_at = None;
+                        if let Some(&remote) = self.tunnel.remotes.get(remote_index % self.tunnel.remotes.len().max(1)) {
+                            remote_index += 1;
+                            self.set_udp_peer(remote);
+                            self.new_session();
+                        }
+                    }
+                }
+            }
+            let deadline = self
+                .session
+                .as_ref()
+                .and_then(Session::poll_timeout)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
+                .min(Instant::now() + Duration::from_secs(1))
+                .min(reconnect_at.unwrap_or(Instant::now() + Duration::from_secs(1)));
+            tokio::select! {
+                _ = stop.changed() => break,
+                message = input.recv() => match message {
+                    Some(ControlInput::Packet { bytes, from }) => self.on_packet(bytes, from),
+                    Some(ControlInput::ConnectionLost) => {
+                        if let Some(mut session) = self.session.take() {
+                            session.close(Instant::now());
+                        }
+                        self.on_session_end(SessionEnd::Protocol("the TCP connection closed".into()));
+                    }
+                    Some(ControlInput::TcpConnected { stream, peer }) => {
+                        self.plane.wire.store(Some(Arc::new(Wire::Tcp { stream: Arc::new(Mutex::new(stream)) })));
+                        self.peer = Some(peer);
+                        self.set_state("connecting", None);
+                        if self.tls_role == TlsRole::Client {
+                            self.new_session();
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if let Some(session) = self.session.as_mut() {
+                        session.handle_timeout(Instant::now(), self.plane.activity());
+                    }
+                }
+            }
+            if let Some(end) = self.drain_events().await {
+                self.on_session_end(end);
+                if self.initiates() {
+                    reconnect_at = Some(Instant::now() + RECONNECT_DELAY);
+                }
+            }
+        }
+        self.shutdown().await;
+    }
+
+    fn initiates(&self) -> bool {
+        self.tls_role == TlsRole::Client && !self.tunnel.remotes.is_empty()
+    }
+
+    fn set_udp_peer(&mut self, peer: SocketAddr) {
+        if let Some(socket) = &self.udp {
+            self.peer = Some(peer);
+            self.plane.wire.store(Some(Arc::new(Wire::Udp { socket: socket.clone(), peer })));
+        }
+    }
+
+    fn new_session(&mut self) {
+        self.session = self.make_session();
+    }
+
+    fn make_session(&mut self) -> Option<Session> {
+        let now = Instant::now();
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs() as u32)
+            .unwrap_or(0);
+        let codec = ControlCodec::new(self.protection_source.build(self.tls_role), now_unix);
+        let random = Box::new(|buffer: &mut [u8]| {
+            use ring::rand::SecureRandom;
+            // The system RNG failing is not recoverable; zeroes would be worse than stopping.
+            ring::rand::SystemRandom::new()
+                .fill(buffer)
+                .expect("the system random number generator failed");
+        });
+        self.plane.mark_received();
+        match Session::new(self.session_config.clone(), codec, now, now_unix, random) {
+            Ok(session) => Some(session),
+            Err(end) => {
+                tracing::error!(tunnel = %self.name, reason = %end, "cannot start a session");
+                self.set_state("failed", Some(end.to_string()));
+                None
+            }
+        }
+    }
+
+    fn on_packet(&mut self, bytes: Vec<u8>, from: SocketAddr) {
+        let now = Instant::now();
+        let udp = self.tunnel.transport == Transport::Udp;
+        let belongs = self.session.as_ref().is_some_and(|session| {
+            !session.is_ended() && !session.is_new_session_reset(&bytes) && (!udp || Some(from) == self.peer)
+        });
+        if belongs || (self.initiates() && self.session.is_some()) {
+            if let Some(mut session) = self.session.take() {
+                self.feed(&mut session, now, &bytes);
+                self.session = Some(session);
+            }
+            return;
+        }
+        let is_reset = matches!(peek_opcode(&bytes), Ok((crate::proto::packet::Opcode::HardResetClientV2, _)));
+        if self.tls_role != TlsRole::Server || !is_reset {
+            self.plane.counters.control_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // A new peer session: try it on the side and switch only once its reset authenticated,
+        // so a forged reset cannot tear down the running session.
+        let Some(mut candidate) = self.make_session() else { return };
+        self.feed(&mut candidate, now, &bytes);
+        if candidate.remote_session_id().is_none() {
+            return;
+        }
+        if self.session.is_some() {
+            tracing::info!(tunnel = %self.name, peer = %from, "peer started a new session");
+            self.clear_keys();
+        }
+        if udp {
+            self.set_udp_peer(from);
+        }
+        self.session = Some(candidate);
+    }
+
+    /// Hands one control packet to `session` and counts what it refused.
+    fn feed(&self, session: &mut Session, now: Instant, bytes: &[u8]) {
+        let before = session.stats();
+        session.handle_control(now, bytes);
+        let after = session.stats();
+        let counters = &self.plane.counters;
+        counters
+            .control_unauthenticated
+            .fetch_add(after.unauthenticated - before.unauthenticated, Ordering::Relaxed);
+        counters.control_dropped.fetch_add(
+            (after.replayed - before.replayed) + (after.malformed - before.malformed),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn clear_keys(&mut self) {
+        self.plane.send_key.store(None);
+        if let Ok(mut keys) = self.plane.receive_keys.lock() {
+            keys.clear();
+        }
+    }
+
+    fn set_state(&self, state: &str, error: Option<String>) {
+        if let Ok(mut status) = self.status.lock() {
+            status.state = state.to_owned();
+            if error.is_some() {
+                status.last_error = error;
+            }
+            status.peer = self.peer.map(|peer| peer.to_string());
+        }
+    }
+
+    /// Acts on the session's events; returns how it ended, if it did.
+    async fn drain_events(&mut self) -> Option<SessionEnd> {
+        let mut ended = None;
+        loop {
+            let Some(event) = self.session.as_mut().and_then(Session::poll_event) else { break };
+            match event {
+                SessionEvent::Transmit(bytes) => {
+                    if let Err(error) = self.plane.send_packet(&bytes) {
+                        tracing::debug!(tunnel = %self.name, %error, "control packet not sent");
+                    }
+                }
+                SessionEvent::InstallReceiveKey(key) => {
+                    if let Ok(mut keys) = self.plane.receive_keys.lock() {
+                        keys.retain(|existing| existing.key_id() != key.key_id());
+                        keys.push(key);
+                    }
+                }
+                SessionEvent::ActivateSendKey(key) => self.plane.send_key.store(Some(key)),
+                SessionEvent::RetireReceiveKey(key_id) => {
+                    if let Ok(mut keys) = self.plane.receive_keys.lock() {
+                        keys.retain(|existing| existing.key_id() != key_id);
+                    }
+                }
+                SessionEvent::Established { params, peer_common_name } => {
+                    tracing::info!(
+                        tunnel = %self.name,
+                        peer = ?self.peer,
+                        cn = ?peer_common_name,
+                        cipher = %params.cipher,
+                        tls_ekm = params.tls_ekm,
+                        "tunnel established"
+                    );
+                    if let Ok(mut status) = self.status.lock() {
+                        status.state = "established".into();
+                        status.peer = self.peer.map(|peer| peer.to_string());
+                        status.peer_common_name = peer_common_name;
+                        status.cipher = Some(params.cipher.to_string());
+                        status.key_derivation = Some(if params.tls_ekm { "tls-ekm" } else { "prf" }.into());
+                    }
+                }
+                SessionEvent::Pushed(options) => {
+                    if let Err(error) = configure_pushed(&self.netlink, self.ifindex, &options).await {
+                        tracing::error!(tunnel = %self.name, error = %format!("{error:#}"), "applying pushed options");
+                    }
+                }
+                SessionEvent::SendPing => {
+                    if let Some(key) = self.plane.send_key.load_full() {
+                        let mut packet = Vec::new();
+                        if key.seal_ping(&mut packet).is_ok() {
+                            let _ = self.plane.send_packet(&packet);
+                        }
+                    }
+                }
+                SessionEvent::Ended(end) => ended = Some(end),
+            }
+        }
+        if let (Some(session), Ok(mut status)) = (&self.session, self.status.lock()) {
+            status.keys_negotiated = session.stats().keys_negotiated;
+        }
+        ended
+    }
+
+    fn on_session_end(&mut self, end: SessionEnd) {
+        match &end {
+            SessionEnd::TlsFailed(reason) => {
+                tracing::error!(tunnel = %self.name, peer = ?self.peer, "session refused: {reason}")
+            }
+            other => tracing::warn!(tunnel = %self.name, peer = ?self.peer, "session ended: {other}"),
+        }
+        self.session = None;
+        self.clear_keys();
+        self.set_state("connecting", Some(end.to_string()));
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(session) = self.session.as_mut() {
+            let sent_exit = session.close(Instant::now());
+            let _ = self.drain_events().await;
+            if !sent_exit && self.tunnel.transport == Transport::Udp {
+                // explicit-exit-notify: tell the peer on the data channel.
+                if let Some(key) = self.plane.send_key.load_full() {
+                    let mut packet = Vec::new();
+                    if key.seal_occ_exit(&mut packet).is_ok() {
+                        for _ in 0..2 {
+                            let _ = self.plane.send_packet(&packet);
+                        }
+                    }
+                }
+            }
+        }
+        self.plane.stop.store(true, Ordering::Relaxed);
+        if let Some(Wire::Tcp { stream }) = self.plane.wire.load().as_deref() {
+            if let Ok(stream) = stream.lock() {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+        // Closing the last tun fd deletes the device, its addresses and its routes.
+        drop(self.device.take());
+        tracing::info!(tunnel = %self.name, "tunnel stopped");
+    }
+}
+
+/// Waits until `fd` is readable or the poll interval passes.
+fn wait_readable(fd: i32) -> bool {
+    let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, POLL_INTERVAL_MS) };
+    ready > 0
+}
+
+/// tun → seal → wire, in batches: read every packet tun has, then send them with one sendmmsg.
+fn tun_send_loop(plane: &DataPlane, tun: &TunQueue) {
+    let mut buffer = vec![0u8; MAX_PACKET];
+    let mut sealed = Vec::with_capacity(MAX_PACKET);
+    let mut batch = SendBatch::new(64, 2048);
+    let mut tcp_out = Vec::new();
+    let fd = tun.as_raw_fd();
+    set_nonblocking(fd);
+    while !plane.stop.load(Ordering::Relaxed) {
+        if !wait_readable(fd) {
+            continue;
+        }
+        let key = plane.send_key.load_full();
+        let wire = plane.wire.load_full();
+        loop {
+            let read = match tun.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            let (Some(key), Some(wire)) = (&key, &wire) else {
+                plane.counters.tx_no_key.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let Some(payload) = buffer.get(..read) else { continue };
+            if key.seal(payload, &mut sealed).is_err() {
+                plane.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            plane.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+            plane.counters.tx_bytes.fetch_add(read as u64, Ordering::Relaxed);
+            match wire.as_ref() {
+                Wire::Udp { peer, .. } => {
+                    if batch.push(&sealed, *peer).is_err() {
+                        plane.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if batch.is_full() {
+                        flush_batch(plane, wire, &mut batch, &mut tcp_out);
+                    }
+                }
+                Wire::Tcp { .. } => {
+                    if encode_frame(&sealed, &mut tcp_out).is_err() {
+                        plane.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if tcp_out.len() >= 256 * 1024 {
+                        flush_batch(plane, wire, &mut batch, &mut tcp_out);
+                    }
+                }
+            }
+        }
+        if let Some(wire) = &wire {
+            flush_batch(plane, wire, &mut batch, &mut tcp_out);
+        }
+    }
+}
+
+fn flush_batch(plane: &DataPlane, wire: &Wire, batch: &mut SendBatch, tcp_out: &mut Vec<u8>) {
+    match wire {
+        Wire::Udp { socket, .. } => {
+            if batch.is_empty() {
+                return;
+            }
+            let queued = batch.len();
+            match batch.flush(socket.as_ref()) {
+                Ok(sent) if sent < queued => {
+                    plane.counters.tx_errors.fetch_add((queued - sent) as u64, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    plane.counters.tx_errors.fetch_add(queued as u64, Ordering::Relaxed);
+                    tracing::debug!(%error, "sendmmsg failed");
+                }
+            }
+        }
+        Wire::Tcp { stream } => {
+            if tcp_out.is_empty() {
+                return;
+            }
+            if let Ok(mut stream) = stream.lock() {
+                if stream.write_all(tcp_out).is_err() {
+                    plane.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            tcp_out.clear();
+        }
+    }
+    plane.mark_sent();
+}
+
+fn set_nonblocking(fd: i32) {
+    // SAFETY: fcntl on a descriptor we own; failure leaves it blocking, which poll() tolerates.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// wire → open → tun for UDP; control packets go to the control task.
+fn udp_receive_loop(plane: &DataPlane, socket: &UdpSocket, tun: &TunQueue, control: &mpsc::Sender<ControlInput>) {
+    let mut batch = RecvBatch::new(64, 4096);
+    let mut scratch = Vec::with_capacity(4096);
+    while !plane.stop.load(Ordering::Relaxed) {
+        if !wait_readable(socket.as_raw_fd()) {
+            continue;
+        }
+        loop {
+            match batch.recv(socket, Some(Duration::ZERO)) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            let mut keys = match plane.receive_keys.lock() {
+                Ok(keys) => keys,
+                Err(_) => return,
+            };
+            let mut any_data = false;
+            for (packet, from) in batch.iter() {
+                match peek_opcode(packet) {
+                    Ok((opcode, _)) if opcode.is_data() => {
+                        // Decrypt in a scratch copy: the batch's slots are read-only here.
+                        scratch.clear();
+                        scratch.extend_from_slice(packet);
+                        any_data |= plane.receive_data(&mut keys, &mut scratch, tun);
+                    }
+                    Ok(_) => {
+                        if control
+                            .try_send(ControlInput::Packet { bytes: packet.to_vec(), from })
+                            .is_err()
+                        {
+                            plane.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => {
+                        plane.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            drop(keys);
+            if any_data {
+                plane.mark_received();
+            }
+        }
+    }
+}
+
+/// TCP: connect (or accept), then read frames until the connection ends; repeat until stopped.
+fn tcp_connection_loop(
+    plane: &DataPlane,
+    listener: Option<TcpListener>,
+    remotes: Vec<std::net::SocketAddr>,
+    tun: &TunQueue,
+    control: &mpsc::Sender<ControlInput>,
+) {
+    let mut attempt = 0usize;
+    if let Some(listener) = &listener {
+        let _ = listener.set_nonblocking(true);
+    }
+    while !plane.stop.load(Ordering::Relaxed) {
+        let connection = match &listener {
+            Some(listener) => {
+                if !wait_readable(listener.as_raw_fd()) {
+                    continue;
+                }
+                match listener.accept() {
+                    Ok((stream, peer)) => Some((stream, peer)),
+                    Err(_) => None,
+                }
+            }
+            None => {
+                let Some(&remote) = remotes.get(attempt % remotes.len().max(1)) else { return };
+                attempt += 1;
+                match TcpStream::connect_timeout(&remote, Duration::from_secs(5)) {
+                    Ok(stream) => Some((stream, remote)),
+                    Err(_) => {
+                        std::thread::sleep(RECONNECT_DELAY);
+                        None
+                    }
+                }
+            }
+        };
+        let Some((stream, peer)) = connection else { continue };
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_nonblocking(false);
+        let Ok(reader) = stream.try_clone() else { continue };
+        if control.blocking_send(ControlInput::TcpConnected { stream, peer }).is_err() {
+            return;
+        }
+        read_tcp_frames(plane, reader, tun, control, peer);
+        if control.blocking_send(ControlInput::ConnectionLost).is_err() {
+            return;
+        }
+        if listener.is_none() {
+            std::thread::sleep(RECONNECT_DELAY);
+        }
+    }
+}
+
+fn read_tcp_frames(plane: &DataPlane, mut stream: TcpStream, tun: &TunQueue, control: &mpsc::Sender<ControlInput>, peer: SocketAddr) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(POLL_INTERVAL_MS as u64)));
+    let mut decoder = FrameDecoder::new(std::num::NonZeroU16::MAX);
+    let mut chunk = vec![0u8; 65_536];
+    while !plane.stop.load(Ordering::Relaxed) {
+        let read = match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(read) => read,
+            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => return,
+        };
+        let mut offset = 0;
+        while offset < read {
+            offset += decoder.push(&chunk[offset..read]);
+            while let Some(frame) = decoder.next_frame() {
+                let Ok(frame) = frame else {
+                    plane.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let mut packet = frame.to_vec();
+                match peek_opcode(&packet) {
+                    Ok((opcode, _)) if opcode.is_data() => {
+                        let ok = match plane.receive_keys.lock() {
+                            Ok(mut keys) => plane.receive_data(&mut keys, &mut packet, tun),
+                            Err(_) => return,
+                        };
+                        if ok {
+                            plane.mark_received();
+                        }
+                    }
+                    Ok(_) => {
+                        if control.blocking_send(ControlInput::Packet { bytes: packet, from: peer }).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => {
+                        plane.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}
