@@ -47,9 +47,16 @@ impl Site {
         )
         .expect("veth pair");
         // Each site's "LAN" is an address on its loopback, routed through the tunnel by p2p tests.
-        a.ip(&["addr", "add", &format!("10.1.{net}.1/32"), "dev", "lo"]).expect("site A LAN address");
-        b.ip(&["addr", "add", &format!("10.2.{net}.1/32"), "dev", "lo"]).expect("site B LAN address");
-        Site { a, b, net, dir: tempfile::tempdir().expect("temp dir") }
+        a.ip(&["addr", "add", &format!("10.1.{net}.1/32"), "dev", "lo"])
+            .expect("site A LAN address");
+        b.ip(&["addr", "add", &format!("10.2.{net}.1/32"), "dev", "lo"])
+            .expect("site B LAN address");
+        Site {
+            a,
+            b,
+            net,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     fn a_wan(&self) -> SocketAddr {
@@ -81,11 +88,16 @@ struct Ours {
 fn protection_toml(pki: &Pki, protection: Protection) -> String {
     match protection {
         Protection::None => String::new(),
-        Protection::TlsCrypt => format!("tls_crypt = {:?}\n", pki.tls_crypt_key.display().to_string()),
+        Protection::TlsCrypt => format!(
+            "tls_crypt = {:?}\n",
+            pki.tls_crypt_key.display().to_string()
+        ),
         Protection::TlsAuth { direction } => format!(
             "tls_auth = {{ key = {:?}{} }}\n",
             pki.tls_auth_key.display().to_string(),
-            direction.map(|d| format!(", direction = {d}")).unwrap_or_default()
+            direction
+                .map(|d| format!(", direction = {d}"))
+                .unwrap_or_default()
         ),
     }
 }
@@ -133,7 +145,8 @@ fn start_ours(site: &Site, ns: &NetNs, wan: &str, ours: &Ours) -> Daemon {
     }
     let config = dir.join("vpn.toml");
     std::fs::write(&config, &text).expect("writing config");
-    let mut daemon = Daemon::start(ns, &config, &socket, &dir.join("daemon.log")).expect("starting vpn-daemon");
+    let mut daemon =
+        Daemon::start(ns, &config, &socket, &dir.join("daemon.log")).expect("starting vpn-daemon");
     daemon
         .wait_ready(Duration::from_secs(20))
         .unwrap_or_else(|error| panic!("daemon not ready: {error:#}\nconfig:\n{text}"));
@@ -153,7 +166,11 @@ fn wait_established(daemon: &Daemon) {
         (tunnel_state(daemon) == "established").then_some(())
     });
     if let Err(error) = result {
-        panic!("{error:#}\nstatus: {:?}\nlog:\n{}", daemon.status(), daemon.log());
+        panic!(
+            "{error:#}\nstatus: {:?}\nlog:\n{}",
+            daemon.status(),
+            daemon.log()
+        );
     }
 }
 
@@ -167,7 +184,12 @@ fn assert_pings(from: &NetNs, dst: &str) {
     wait_for_ping(from, ip(dst), Duration::from_secs(15))
         .unwrap_or_else(|error| panic!("no ping reply from {dst} in {}: {error:#}", from.name()));
     let result = ping(from, ip(dst), 5).expect("ping");
-    assert_eq!(result.received, 5, "ping {dst} from {}: {result:?}", from.name());
+    assert_eq!(
+        result.received,
+        5,
+        "ping {dst} from {}: {result:?}",
+        from.name()
+    );
 }
 
 /// A 10-second iperf3 stream from `client_ns` to `server_ns` at `target`; every interval moves data.
@@ -176,18 +198,35 @@ fn assert_iperf(client_ns: &NetNs, server_ns: &NetNs, target: &str, seconds: u32
     let result = iperf3(
         client_ns,
         ip(target),
-        &Iperf3Options { seconds, ..Iperf3Options::default() },
+        &Iperf3Options {
+            seconds,
+            ..Iperf3Options::default()
+        },
     )
     .expect("iperf3 run");
     result.check_no_stall().expect("iperf3 stream stalled");
-    assert!(result.bits_per_second > 1e6, "iperf3 through the tunnel: {result:?}");
+    assert!(
+        result.bits_per_second > 1e6,
+        "iperf3 through the tunnel: {result:?}"
+    );
     result.gbit_per_second()
 }
 
-fn stock_server(site: &Site, transport: Transport, protection: Protection, cipher: &str, topology: Topology) -> OpenVpnPeer {
+fn stock_server(
+    site: &Site,
+    transport: Transport,
+    protection: Protection,
+    cipher: &str,
+    topology: Topology,
+) -> OpenVpnPeer {
     let pki = Pki::shared().expect("PKI");
     let mut config = OpenVpnConfig::server(format!("10.8.{}.0/24", site.net).parse().unwrap());
-    if let OvpnRole::Server { topology: t, push_routes, .. } = &mut config.role {
+    if let OvpnRole::Server {
+        topology: t,
+        push_routes,
+        ..
+    } = &mut config.role
+    {
         *t = topology;
         push_routes.push(format!("10.2.{}.1/32", site.net).parse().unwrap());
     }
@@ -196,11 +235,18 @@ fn stock_server(site: &Site, transport: Transport, protection: Protection, ciphe
     config.cipher = cipher.to_owned();
     config.dev = "ovpn-s".into();
     let peer = OpenVpnPeer::start(&site.b, &config, pki).expect("stock server");
-    peer.wait_for_log(UP, HANDSHAKE_TIMEOUT).expect("stock server up");
+    peer.wait_for_log(UP, HANDSHAKE_TIMEOUT)
+        .expect("stock server up");
     peer
 }
 
-fn client_to_stock_server(net: u8, transport: Transport, protection: Protection, cipher: &'static str, topology: Topology) {
+fn client_to_stock_server(
+    net: u8,
+    transport: Transport,
+    protection: Protection,
+    cipher: &'static str,
+    topology: Topology,
+) {
     let pki = Pki::shared().expect("PKI");
     let site = Site::new(net);
     let server_protection = match protection {
@@ -221,12 +267,18 @@ fn client_to_stock_server(net: u8, transport: Transport, protection: Protection,
             cert: (pki.client_cert.clone(), pki.client_key.clone()),
             protection,
             cipher,
-            extra: vec!["remote_cert_tls = \"server\"".into(), "verify_x509_name = \"server\"".into()],
+            extra: vec![
+                "remote_cert_tls = \"server\"".into(),
+                "verify_x509_name = \"server\"".into(),
+            ],
         },
     );
     wait_established(&ours);
     server
-        .wait_for_log(&format!("Data Channel: cipher '{cipher}'"), HANDSHAKE_TIMEOUT)
+        .wait_for_log(
+            &format!("Data Channel: cipher '{cipher}'"),
+            HANDSHAKE_TIMEOUT,
+        )
         .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
     // The pushed route to the server's LAN address and the server's tunnel address.
     let server_tunnel = match topology {
@@ -244,7 +296,9 @@ fn client_to_stock_server(net: u8, transport: Transport, protection: Protection,
 
 /// The IPv4 address on our tun device in `ns`.
 fn client_tunnel_address(ns: &NetNs) -> String {
-    let output = ns.ip(&["-4", "-o", "addr", "show", "dev", "vpn-t"]).expect("ip addr");
+    let output = ns
+        .ip(&["-4", "-o", "addr", "show", "dev", "vpn-t"])
+        .expect("ip addr");
     let inet = output
         .split_whitespace()
         .skip_while(|word| *word != "inet")
@@ -258,7 +312,13 @@ fn client_vs_stock_server_udp_tls_crypt_aes256_subnet() {
     if !require_root("client_vs_stock_server_udp_tls_crypt_aes256_subnet") {
         return;
     }
-    client_to_stock_server(11, Transport::Udp, Protection::TlsCrypt, "AES-256-GCM", Topology::Subnet);
+    client_to_stock_server(
+        11,
+        Transport::Udp,
+        Protection::TlsCrypt,
+        "AES-256-GCM",
+        Topology::Subnet,
+    );
 }
 
 #[test]
@@ -275,7 +335,12 @@ fn client_vs_stock_server_tcp_tls_auth_chacha_net30() {
     );
 }
 
-fn server_for_stock_client(net: u8, transport: Transport, protection: Protection, cipher: &'static str) {
+fn server_for_stock_client(
+    net: u8,
+    transport: Transport,
+    protection: Protection,
+    cipher: &'static str,
+) {
     let pki = Pki::shared().expect("PKI");
     let site = Site::new(net);
     let ours_protection = match protection {
@@ -313,7 +378,10 @@ fn server_for_stock_client(net: u8, transport: Transport, protection: Protection
         .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
     wait_established(&ours);
     client
-        .wait_for_log(&format!("Data Channel: cipher '{cipher}'"), HANDSHAKE_TIMEOUT)
+        .wait_for_log(
+            &format!("Data Channel: cipher '{cipher}'"),
+            HANDSHAKE_TIMEOUT,
+        )
         .expect("cipher");
     assert_pings(&site.a, &format!("10.8.{net}.1"));
     assert_pings(&site.a, &format!("10.2.{net}.1"));
@@ -326,7 +394,12 @@ fn server_vs_stock_client_udp_tls_auth_chacha() {
     if !require_root("server_vs_stock_client_udp_tls_auth_chacha") {
         return;
     }
-    server_for_stock_client(13, Transport::Udp, Protection::TlsAuth { direction: Some(1) }, "CHACHA20-POLY1305");
+    server_for_stock_client(
+        13,
+        Transport::Udp,
+        Protection::TlsAuth { direction: Some(1) },
+        "CHACHA20-POLY1305",
+    );
 }
 
 #[test]
@@ -339,16 +412,40 @@ fn server_vs_stock_client_tcp_tls_crypt_aes256() {
 
 /// p2p: our end in `a` or `b`, stock OpenVPN at the other, with each site's LAN routed
 /// through the tunnel (a routed site link).
-fn p2p_with_stock(net: u8, ours_tls_server: bool, transport: Transport, protection: Protection, cipher: &'static str, stock_extra: Vec<String>, iperf_seconds: u32) -> (Daemon, OpenVpnPeer, Site) {
+fn p2p_with_stock(
+    net: u8,
+    ours_tls_server: bool,
+    transport: Transport,
+    protection: Protection,
+    cipher: &'static str,
+    stock_extra: Vec<String>,
+    iperf_seconds: u32,
+) -> (Daemon, OpenVpnPeer, Site) {
     let pki = Pki::shared().expect("PKI");
     let site = Site::new(net);
-    let (ours_ns, ours_wan, stock_ns) = if ours_tls_server { (&site.b, "b0", &site.a) } else { (&site.a, "a0", &site.b) };
-    let (ours_addr, stock_addr) = if ours_tls_server { (site.b_wan(), site.a_wan()) } else { (site.a_wan(), site.b_wan()) };
+    let (ours_ns, ours_wan, stock_ns) = if ours_tls_server {
+        (&site.b, "b0", &site.a)
+    } else {
+        (&site.a, "a0", &site.b)
+    };
+    let (ours_addr, stock_addr) = if ours_tls_server {
+        (site.b_wan(), site.a_wan())
+    } else {
+        (site.a_wan(), site.b_wan())
+    };
     // Tunnel addresses: the tls-server end is .2, the tls-client end .1.
-    let (ours_tun, stock_tun) = if ours_tls_server { ("10.99.N.2", "10.99.N.1") } else { ("10.99.N.1", "10.99.N.2") };
+    let (ours_tun, stock_tun) = if ours_tls_server {
+        ("10.99.N.2", "10.99.N.1")
+    } else {
+        ("10.99.N.1", "10.99.N.2")
+    };
     let ours_tun = ours_tun.replace('N', &net.to_string());
     let stock_tun = stock_tun.replace('N', &net.to_string());
-    let (ours_lan, stock_lan) = if ours_tls_server { (format!("10.2.{net}.0/24"), format!("10.1.{net}.0/24")) } else { (format!("10.1.{net}.0/24"), format!("10.2.{net}.0/24")) };
+    let (ours_lan, stock_lan) = if ours_tls_server {
+        (format!("10.2.{net}.0/24"), format!("10.1.{net}.0/24"))
+    } else {
+        (format!("10.1.{net}.0/24"), format!("10.2.{net}.0/24"))
+    };
     let _ = ours_lan;
     let tcp_server_without_remote = transport == Transport::Tcp && ours_tls_server;
     let ours = start_ours(
@@ -361,23 +458,35 @@ fn p2p_with_stock(net: u8, ours_tls_server: bool, transport: Transport, protecti
             transport,
             local: Some(ours_addr),
             remote: (!tcp_server_without_remote).then_some(stock_addr),
-            cert: if ours_tls_server { (pki.server_cert.clone(), pki.server_key.clone()) } else { (pki.client_cert.clone(), pki.client_key.clone()) },
+            cert: if ours_tls_server {
+                (pki.server_cert.clone(), pki.server_key.clone())
+            } else {
+                (pki.client_cert.clone(), pki.client_key.clone())
+            },
             protection: match protection {
-                Protection::TlsAuth { .. } => Protection::TlsAuth { direction: Some(if ours_tls_server { 0 } else { 1 }) },
+                Protection::TlsAuth { .. } => Protection::TlsAuth {
+                    direction: Some(if ours_tls_server { 0 } else { 1 }),
+                },
                 other => other,
             },
             cipher,
             extra: vec![
-                format!("tls = \"{}\"", if ours_tls_server { "server" } else { "client" }),
+                format!(
+                    "tls = \"{}\"",
+                    if ours_tls_server { "server" } else { "client" }
+                ),
                 format!("ifconfig = {{ local = \"{ours_tun}\", remote = \"{stock_tun}\" }}"),
                 format!("routes = [\"{stock_lan}\"]"),
-                format!("remote_cert_tls = \"{}\"", if ours_tls_server { "client" } else { "server" }),
+                format!(
+                    "remote_cert_tls = \"{}\"",
+                    if ours_tls_server { "client" } else { "server" }
+                ),
             ],
         },
     );
     let mut config = OpenVpnConfig::p2p(
         !ours_tls_server,
-        (!(transport == Transport::Tcp && !ours_tls_server)).then_some(ours_addr),
+        (transport != Transport::Tcp || ours_tls_server).then_some(ours_addr),
         stock_tun.parse().unwrap(),
         ours_tun.parse().unwrap(),
     );
@@ -386,7 +495,9 @@ fn p2p_with_stock(net: u8, ours_tls_server: bool, transport: Transport, protecti
     }
     config.transport = transport;
     config.protection = match protection {
-        Protection::TlsAuth { .. } => Protection::TlsAuth { direction: Some(if ours_tls_server { 1 } else { 0 }) },
+        Protection::TlsAuth { .. } => Protection::TlsAuth {
+            direction: Some(if ours_tls_server { 1 } else { 0 }),
+        },
         other => other,
     };
     config.cipher = cipher.to_owned();
@@ -400,11 +511,30 @@ fn p2p_with_stock(net: u8, ours_tls_server: bool, transport: Transport, protecti
     assert_pings(stock_ns, &ours_tun);
     assert_pings(ours_ns, &stock_tun);
     // Routed subnets behind each end: LAN to LAN, sourced from the LAN addresses.
-    let (ours_lan_host, stock_lan_host) = if ours_tls_server { (format!("10.2.{net}.1"), format!("10.1.{net}.1")) } else { (format!("10.1.{net}.1"), format!("10.2.{net}.1")) };
+    let (ours_lan_host, stock_lan_host) = if ours_tls_server {
+        (format!("10.2.{net}.1"), format!("10.1.{net}.1"))
+    } else {
+        (format!("10.1.{net}.1"), format!("10.2.{net}.1"))
+    };
     let lan_ping = stock_ns
-        .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "-I", &stock_lan_host, &ours_lan_host])
+        .exec(&[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-I",
+            &stock_lan_host,
+            &ours_lan_host,
+        ])
         .expect("LAN ping");
-    assert!(lan_ping.status.success(), "LAN to LAN ping: {}", String::from_utf8_lossy(&lan_ping.stdout));
+    assert!(
+        lan_ping.status.success(),
+        "LAN to LAN ping: {}",
+        String::from_utf8_lossy(&lan_ping.stdout)
+    );
     if iperf_seconds > 0 {
         assert_iperf(stock_ns, ours_ns, &ours_tun, iperf_seconds);
     }
@@ -412,9 +542,13 @@ fn p2p_with_stock(net: u8, ours_tls_server: bool, transport: Transport, protecti
 }
 
 fn ours_lan_net(ours_tls_server: bool, net: u8) -> ipnet::Ipv4Net {
-    if ours_tls_server { format!("10.2.{net}.0/24") } else { format!("10.1.{net}.0/24") }
-        .parse()
-        .unwrap()
+    if ours_tls_server {
+        format!("10.2.{net}.0/24")
+    } else {
+        format!("10.1.{net}.0/24")
+    }
+    .parse()
+    .unwrap()
 }
 
 #[test]
@@ -422,7 +556,15 @@ fn p2p_tls_server_vs_stock_udp_tls_crypt_aes256() {
     if !require_root("p2p_tls_server_vs_stock_udp_tls_crypt_aes256") {
         return;
     }
-    p2p_with_stock(15, true, Transport::Udp, Protection::TlsCrypt, "AES-256-GCM", Vec::new(), 10);
+    p2p_with_stock(
+        15,
+        true,
+        Transport::Udp,
+        Protection::TlsCrypt,
+        "AES-256-GCM",
+        Vec::new(),
+        10,
+    );
 }
 
 #[test]
@@ -430,7 +572,15 @@ fn p2p_tls_client_vs_stock_tcp_tls_auth_chacha() {
     if !require_root("p2p_tls_client_vs_stock_tcp_tls_auth_chacha") {
         return;
     }
-    p2p_with_stock(16, false, Transport::Tcp, Protection::TlsAuth { direction: None }, "CHACHA20-POLY1305", Vec::new(), 10);
+    p2p_with_stock(
+        16,
+        false,
+        Transport::Tcp,
+        Protection::TlsAuth { direction: None },
+        "CHACHA20-POLY1305",
+        Vec::new(),
+        10,
+    );
 }
 
 #[test]
@@ -438,7 +588,15 @@ fn p2p_tls_client_vs_stock_udp_tls_auth_aes256() {
     if !require_root("p2p_tls_client_vs_stock_udp_tls_auth_aes256") {
         return;
     }
-    p2p_with_stock(17, false, Transport::Udp, Protection::TlsAuth { direction: None }, "AES-256-GCM", Vec::new(), 0);
+    p2p_with_stock(
+        17,
+        false,
+        Transport::Udp,
+        Protection::TlsAuth { direction: None },
+        "AES-256-GCM",
+        Vec::new(),
+        0,
+    );
 }
 
 /// Stock OpenVPN renegotiates every 10 s during a 30-second iperf3 run: the stream never stalls.
@@ -447,10 +605,24 @@ fn p2p_renegotiation_every_10s_never_stalls() {
     if !require_root("p2p_renegotiation_every_10s_never_stalls") {
         return;
     }
-    let (ours, stock, site) = p2p_with_stock(18, true, Transport::Udp, Protection::TlsCrypt, "AES-256-GCM", vec!["reneg-sec 10".into()], 0);
+    let (ours, stock, site) = p2p_with_stock(
+        18,
+        true,
+        Transport::Udp,
+        Protection::TlsCrypt,
+        "AES-256-GCM",
+        vec!["reneg-sec 10".into()],
+        0,
+    );
     assert_iperf(&site.a, &site.b, "10.99.18.2", 30);
-    let keys = ours.status().expect("status")["tunnels"][0]["runtime"]["keys_negotiated"].as_u64().unwrap_or(0);
-    assert!(keys >= 3, "expected at least 3 keys in 30+ s with reneg-sec 10, got {keys}\n{}", stock.log_tail(30));
+    let keys = ours.status().expect("status")["tunnels"][0]["runtime"]["keys_negotiated"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        keys >= 3,
+        "expected at least 3 keys in 30+ s with reneg-sec 10, got {keys}\n{}",
+        stock.log_tail(30)
+    );
 }
 
 /// Our end renegotiates every 10 s (reneg_sec = 10) while stock OpenVPN keeps the default.
@@ -481,16 +653,29 @@ fn p2p_our_renegotiation_every_10s_never_stalls() {
             ],
         },
     );
-    let mut config = OpenVpnConfig::p2p(true, Some(site.a_wan()), "10.99.19.2".parse().unwrap(), "10.99.19.1".parse().unwrap());
+    let mut config = OpenVpnConfig::p2p(
+        true,
+        Some(site.a_wan()),
+        "10.99.19.2".parse().unwrap(),
+        "10.99.19.1".parse().unwrap(),
+    );
     config.protection = Protection::TlsCrypt;
     config.cipher = "CHACHA20-POLY1305".into();
     config.dev = "ovpn-p".into();
     let stock = OpenVpnPeer::start(&site.b, &config, pki).expect("stock p2p");
-    stock.wait_for_log(UP, HANDSHAKE_TIMEOUT).unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
+    stock
+        .wait_for_log(UP, HANDSHAKE_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
     wait_established(&ours);
     assert_iperf(&site.a, &site.b, "10.99.19.2", 30);
-    let keys = ours.status().expect("status")["tunnels"][0]["runtime"]["keys_negotiated"].as_u64().unwrap_or(0);
-    assert!(keys >= 3, "expected at least 3 keys with reneg_sec 10, got {keys}\nours:\n{}", ours.log());
+    let keys = ours.status().expect("status")["tunnels"][0]["runtime"]["keys_negotiated"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        keys >= 3,
+        "expected at least 3 keys with reneg_sec 10, got {keys}\nours:\n{}",
+        ours.log()
+    );
 }
 
 /// Our client against our server, and our p2p against our p2p.
@@ -514,7 +699,10 @@ fn ours_client_vs_ours_server_udp_and_p2p_tcp() {
             cert: (pki.server_cert.clone(), pki.server_key.clone()),
             protection: Protection::TlsCrypt,
             cipher: "AES-256-GCM",
-            extra: vec!["server = \"10.8.20.0/24\"".into(), "remote_cert_tls = \"client\"".into()],
+            extra: vec![
+                "server = \"10.8.20.0/24\"".into(),
+                "remote_cert_tls = \"client\"".into(),
+            ],
         },
     );
     let client = start_ours(
@@ -570,7 +758,10 @@ fn ours_client_vs_ours_server_udp_and_p2p_tcp() {
             side: "a",
             role: "p2p",
             transport: Transport::Tcp,
-            local: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 202, 21, 1)), 0)),
+            local: Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(10, 202, 21, 1)),
+                0,
+            )),
             remote: Some(site.b_wan()),
             cert: (pki.client_cert.clone(), pki.client_key.clone()),
             protection: Protection::TlsAuth { direction: Some(1) },
@@ -586,7 +777,21 @@ fn ours_client_vs_ours_server_udp_and_p2p_tcp() {
     wait_established(&b);
     assert_pings(&site.a, "10.99.21.2");
     assert_pings(&site.b, "10.99.21.1");
-    let lan = site.a.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "-I", "10.1.21.1", "10.2.21.1"]).expect("LAN ping");
+    let lan = site
+        .a
+        .exec(&[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-I",
+            "10.1.21.1",
+            "10.2.21.1",
+        ])
+        .expect("LAN ping");
     assert!(lan.status.success(), "LAN to LAN ping over our p2p link");
     assert_iperf(&site.a, &site.b, "10.99.21.2", 10);
 }
@@ -613,7 +818,10 @@ fn server_refuses_bad_client_certificates() {
             cert: (pki.server_cert.clone(), pki.server_key.clone()),
             protection: Protection::None,
             cipher: "AES-256-GCM",
-            extra: vec!["server = \"10.8.22.0/24\"".into(), "remote_cert_tls = \"client\"".into()],
+            extra: vec![
+                "server = \"10.8.22.0/24\"".into(),
+                "remote_cert_tls = \"client\"".into(),
+            ],
         },
     );
     for (identity, reason) in [
@@ -625,14 +833,25 @@ fn server_refuses_bad_client_certificates() {
         config.identity = identity;
         config.dev = "ovpn-c".into();
         let client = OpenVpnPeer::start(&site.a, &config, pki).expect("stock client");
-        let result = wait_for("our server to log the refusal", Duration::from_secs(20), || {
-            let log = ours.log();
-            log.lines()
-                .any(|line| line.contains("session refused") && line.to_lowercase().contains(&reason.to_lowercase()))
-                .then_some(())
-        });
+        let result = wait_for(
+            "our server to log the refusal",
+            Duration::from_secs(20),
+            || {
+                let log = ours.log();
+                log.lines()
+                    .any(|line| {
+                        line.contains("session refused")
+                            && line.to_lowercase().contains(&reason.to_lowercase())
+                    })
+                    .then_some(())
+            },
+        );
         result.unwrap_or_else(|error| panic!("{identity:?}: {error:#}\nours:\n{}", ours.log()));
-        assert!(!client.log().contains(UP), "{identity:?} got a tunnel:\n{}", client.log_tail(20));
+        assert!(
+            !client.log().contains(UP),
+            "{identity:?} got a tunnel:\n{}",
+            client.log_tail(20)
+        );
         assert_ne!(tunnel_state(&ours), "established");
     }
 }
@@ -666,7 +885,9 @@ fn tls_crypt_wrong_key_gets_no_answer() {
         .a
         .run(move || {
             let socket = std::net::UdpSocket::bind("10.202.23.1:0").expect("bind");
-            socket.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
             // HARD_RESET_CLIENT_V2, session id, replay id, then a tag and body no key made.
             let mut packet = vec![7 << 3];
             packet.extend_from_slice(&[0x11; 8]);
@@ -680,7 +901,10 @@ fn tls_crypt_wrong_key_gets_no_answer() {
             Ok(socket.recv_from(&mut buffer).is_ok())
         })
         .expect("running in namespace a");
-    assert!(!answered, "a tls-crypt packet with the wrong key was answered");
+    assert!(
+        !answered,
+        "a tls-crypt packet with the wrong key was answered"
+    );
     let refused = counter(&ours, "control_unauthenticated");
     assert_eq!(refused, 5, "status: {:?}", ours.status());
     let _ = Path::new("");

@@ -5,8 +5,8 @@
 
 use std::{
     collections::BTreeSet,
-    sync::Arc,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Instant,
 };
 
@@ -181,8 +181,15 @@ impl Running {
         // Tunnels whose settings changed restart; the others keep their sessions.
         let mut kept = Vec::new();
         for runtime in std::mem::take(&mut self.tunnels) {
-            let old = self.config.tunnels.iter().find(|tunnel| tunnel.name == runtime.name());
-            let updated = new.tunnels.iter().find(|tunnel| tunnel.name == runtime.name());
+            let old = self
+                .config
+                .tunnels
+                .iter()
+                .find(|tunnel| tunnel.name == runtime.name());
+            let updated = new
+                .tunnels
+                .iter()
+                .find(|tunnel| tunnel.name == runtime.name());
             if old.is_some() && old == updated && self.config.pki == new.pki {
                 kept.push(runtime);
             } else {
@@ -196,7 +203,9 @@ impl Running {
             }
             match TunnelRuntime::start(&new, tunnel, self.netlink.clone()).await {
                 Ok(runtime) => kept.push(runtime),
-                Err(error) => tracing::error!(tunnel = %tunnel.name, error = %format!("{error:#}"), "SIGHUP: cannot start tunnel"),
+                Err(error) => {
+                    tracing::error!(tunnel = %tunnel.name, error = %format!("{error:#}"), "SIGHUP: cannot start tunnel")
+                }
             }
         }
         self.tunnels = kept;

@@ -3,5 +3,5 @@ pub mod control;
 pub mod ebpf;
 pub mod netlink;
 pub mod tun;
-pub mod udp_batch;
 pub mod tunnel;
+pub mod udp_batch;

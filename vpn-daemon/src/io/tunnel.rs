@@ -30,9 +30,13 @@ use tokio::sync::{mpsc, watch};
 use super::netlink::Netlink;
 use super::tun::{TunDevice, TunQueue};
 use super::udp_batch::{set_socket_buffers, RecvBatch, SendBatch};
-use crate::config::{Addressing, Config, ControlProtection, Role, TlsRole, Topology, Transport, Tunnel};
+use crate::config::{
+    Addressing, Config, ControlProtection, Role, TlsRole, Topology, Transport, Tunnel,
+};
 use crate::proto::control_codec::{ControlCodec, Protection};
-use crate::proto::data::{peek_data_key, CompressionFraming, ReceiveKey, Received, ReplayConfig, SendKey};
+use crate::proto::data::{
+    peek_data_key, CompressionFraming, ReceiveKey, Received, ReplayConfig, SendKey,
+};
 use crate::proto::framing::{encode_frame, FrameDecoder};
 use crate::proto::keys::StaticKey;
 use crate::proto::options::{options_string, OccOptions, OccTransport, PeerInfo, PushOptions};
@@ -86,8 +90,13 @@ pub struct TunnelRuntimeStatus {
 
 /// Where data packets go: the UDP socket and peer, or the TCP connection.
 enum Wire {
-    Udp { socket: Arc<UdpSocket>, peer: SocketAddr },
-    Tcp { stream: Arc<Mutex<TcpStream>> },
+    Udp {
+        socket: Arc<UdpSocket>,
+        peer: SocketAddr,
+    },
+    Tcp {
+        stream: Arc<Mutex<TcpStream>>,
+    },
 }
 
 /// What the data-path threads share with the control task.
@@ -108,11 +117,13 @@ impl DataPlane {
     }
 
     fn mark_received(&self) {
-        self.last_received_ms.store(self.millis(Instant::now()), Ordering::Relaxed);
+        self.last_received_ms
+            .store(self.millis(Instant::now()), Ordering::Relaxed);
     }
 
     fn mark_sent(&self) {
-        self.last_sent_ms.store(self.millis(Instant::now()), Ordering::Relaxed);
+        self.last_sent_ms
+            .store(self.millis(Instant::now()), Ordering::Relaxed);
     }
 
     fn activity(&self) -> LinkActivity {
@@ -131,10 +142,15 @@ impl DataPlane {
             Some(Wire::Tcp { stream }) => {
                 let mut framed = Vec::with_capacity(packet.len() + 2);
                 encode_frame(packet, &mut framed).map_err(std::io::Error::other)?;
-                let mut stream = stream.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+                let mut stream = stream
+                    .lock()
+                    .map_err(|_| std::io::Error::other("poisoned"))?;
                 stream.write_all(&framed)
             }
-            None => Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "no peer yet")),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "no peer yet",
+            )),
         }?;
         self.mark_sent();
         Ok(())
@@ -153,7 +169,9 @@ impl DataPlane {
         match key.open(Instant::now(), packet) {
             Ok(Received::Ip(payload)) => {
                 self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
-                self.counters.rx_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                self.counters
+                    .rx_bytes
+                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
                 let _ = tun.write(payload);
                 true
             }
@@ -172,7 +190,10 @@ impl DataPlane {
                 use crate::proto::data::DataError;
                 match error {
                     DataError::Replay => self.counters.rx_replayed.fetch_add(1, Ordering::Relaxed),
-                    DataError::Unauthenticated => self.counters.rx_unauthenticated.fetch_add(1, Ordering::Relaxed),
+                    DataError::Unauthenticated => self
+                        .counters
+                        .rx_unauthenticated
+                        .fetch_add(1, Ordering::Relaxed),
                     _ => self.counters.rx_malformed.fetch_add(1, Ordering::Relaxed),
                 };
                 false
@@ -199,7 +220,11 @@ pub struct TunnelRuntime {
 
 impl TunnelRuntime {
     /// Creates the tun device and sockets and starts the tunnel.
-    pub async fn start(config: &Config, tunnel: &Tunnel, netlink: Arc<Netlink>) -> anyhow::Result<TunnelRuntime> {
+    pub async fn start(
+        config: &Config,
+        tunnel: &Tunnel,
+        netlink: Arc<Netlink>,
+    ) -> anyhow::Result<TunnelRuntime> {
         let tls_role = tls_role(tunnel);
         let pki = PkiMaterial::load(&config.pki).context("loading the PKI")?;
         let checks = PeerChecks {
@@ -213,9 +238,12 @@ impl TunnelRuntime {
         let protection_source = load_protection(&tunnel.control_protection)?;
         let session_config = session_config(tunnel, tls_setup)?;
 
-        let device = TunDevice::create(&tunnel.device, 1).with_context(|| format!("creating tun {}", tunnel.device))?;
+        let device = TunDevice::create(&tunnel.device, 1)
+            .with_context(|| format!("creating tun {}", tunnel.device))?;
         let index = device.ifindex();
-        netlink.set_link_up(index, Some(u32::from(tunnel.mtu))).await?;
+        netlink
+            .set_link_up(index, Some(u32::from(tunnel.mtu)))
+            .await?;
         configure_static_addresses(&netlink, index, tunnel).await?;
 
         let plane = Arc::new(DataPlane {
@@ -236,8 +264,11 @@ impl TunnelRuntime {
 
         let udp = match tunnel.transport {
             Transport::Udp => {
-                let bind = tunnel.local.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
-                let socket = UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+                let bind = tunnel
+                    .local
+                    .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+                let socket =
+                    UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
                 socket.set_nonblocking(true)?;
                 if let Err(error) = set_socket_buffers(&socket, 4 << 20) {
                     tracing::warn!(%error, "cannot enlarge the UDP socket buffers");
@@ -256,10 +287,14 @@ impl TunnelRuntime {
                 let plane_tcp = plane.clone();
                 let tx = input_tx.clone();
                 let listener = match (tunnel.local, tls_role, &tunnel.addressing, tunnel.role) {
-                    (Some(local), _, _, Role::Server) | (Some(local), TlsRole::Server, Addressing::P2p { .. }, _)
+                    (Some(local), _, _, Role::Server)
+                    | (Some(local), TlsRole::Server, Addressing::P2p { .. }, _)
                         if tunnel.remotes.is_empty() || tunnel.role == Role::Server =>
                     {
-                        Some(TcpListener::bind(local).with_context(|| format!("listening on TCP {local}"))?)
+                        Some(
+                            TcpListener::bind(local)
+                                .with_context(|| format!("listening on TCP {local}"))?,
+                        )
                     }
                     _ => None,
                 };
@@ -271,7 +306,9 @@ impl TunnelRuntime {
             }
         };
         let plane_tx = plane.clone();
-        threads.push(spawn_named(format!("{}-tx", tunnel.name), move || tun_send_loop(&plane_tx, &tun_read))?);
+        threads.push(spawn_named(format!("{}-tx", tunnel.name), move || {
+            tun_send_loop(&plane_tx, &tun_read)
+        })?);
 
         let status = Arc::new(Mutex::new(TunnelRuntimeStatus {
             state: "connecting".into(),
@@ -311,7 +348,11 @@ impl TunnelRuntime {
 
     /// A status snapshot.
     pub fn status(&self) -> TunnelRuntimeStatus {
-        let mut status = self.status.lock().map(|status| status.clone()).unwrap_or_default();
+        let mut status = self
+            .status
+            .lock()
+            .map(|status| status.clone())
+            .unwrap_or_default();
         let counters = &self.plane.counters;
         let pairs = [
             ("tx_packets", &counters.tx_packets),
@@ -342,7 +383,10 @@ impl TunnelRuntime {
     }
 }
 
-fn spawn_named(name: String, body: impl FnOnce() + Send + 'static) -> anyhow::Result<JoinHandle<()>> {
+fn spawn_named(
+    name: String,
+    body: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(name.chars().take(15).collect())
         .spawn(body)
@@ -362,20 +406,29 @@ fn tls_role(tunnel: &Tunnel) -> TlsRole {
 #[derive(Clone)]
 enum ProtectionSource {
     None,
-    TlsAuth(Arc<StaticKey>, Option<crate::config::KeyDirection>, crate::config::TlsAuthDigest),
+    TlsAuth(
+        Arc<StaticKey>,
+        Option<crate::config::KeyDirection>,
+        crate::config::TlsAuthDigest,
+    ),
     TlsCrypt(Arc<StaticKey>),
 }
 
 fn load_protection(protection: &ControlProtection) -> anyhow::Result<ProtectionSource> {
     let read_key = |path: &std::path::Path| -> anyhow::Result<Arc<StaticKey>> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(Arc::new(StaticKey::parse(&text).with_context(|| format!("parsing {}", path.display()))?))
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Arc::new(
+            StaticKey::parse(&text).with_context(|| format!("parsing {}", path.display()))?,
+        ))
     };
     Ok(match protection {
         ControlProtection::None => ProtectionSource::None,
-        ControlProtection::TlsAuth { key, direction, digest } => {
-            ProtectionSource::TlsAuth(read_key(key)?, *direction, *digest)
-        }
+        ControlProtection::TlsAuth {
+            key,
+            direction,
+            digest,
+        } => ProtectionSource::TlsAuth(read_key(key)?, *direction, *digest),
         ControlProtection::TlsCrypt { key } => ProtectionSource::TlsCrypt(read_key(key)?),
     })
 }
@@ -384,7 +437,9 @@ impl ProtectionSource {
     fn build(&self, role: TlsRole) -> Protection {
         match self {
             ProtectionSource::None => Protection::None,
-            ProtectionSource::TlsAuth(key, direction, digest) => Protection::TlsAuth(TlsAuth::new(key, *direction, *digest)),
+            ProtectionSource::TlsAuth(key, direction, digest) => {
+                Protection::TlsAuth(TlsAuth::new(key, *direction, *digest))
+            }
             ProtectionSource::TlsCrypt(key) => Protection::TlsCrypt(TlsCrypt::new(key, role)),
         }
     }
@@ -398,9 +453,14 @@ fn session_config(tunnel: &Tunnel, tls: TlsSetup) -> anyhow::Result<SessionConfi
     let mode = match &tunnel.addressing {
         Addressing::Client => SessionMode::Client,
         Addressing::P2p { .. } => SessionMode::P2p,
-        Addressing::Server { subnet, topology, push_routes } => {
-            SessionMode::Server { push: server_push(*subnet, *topology, push_routes), peer_id: 0 }
-        }
+        Addressing::Server {
+            subnet,
+            topology,
+            push_routes,
+        } => SessionMode::Server {
+            push: server_push(*subnet, *topology, push_routes),
+            peer_id: 0,
+        },
     };
     let mut config = SessionConfig::new(tls, mode, tunnel.transport, tunnel.ciphers.clone());
     let ifconfig = match &tunnel.addressing {
@@ -427,7 +487,11 @@ fn session_config(tunnel: &Tunnel, tls: TlsSetup) -> anyhow::Result<SessionConfi
         key_direction,
     });
     config.tun_mtu = tunnel.mtu;
-    config.peer_info = PeerInfo::ours(&tunnel.ciphers, matches!(tunnel.addressing, Addressing::P2p { .. }), tunnel.mtu);
+    config.peer_info = PeerInfo::ours(
+        &tunnel.ciphers,
+        matches!(tunnel.addressing, Addressing::P2p { .. }),
+        tunnel.mtu,
+    );
     config.keepalive = tunnel.keepalive;
     config.reneg_interval = (!tunnel.reneg_interval.is_zero()).then_some(tunnel.reneg_interval);
     config.compression = CompressionFraming::None;
@@ -464,21 +528,40 @@ fn server_push(subnet: Ipv4Net, topology: Topology, push_routes: &[Ipv4Net]) -> 
 }
 
 /// Addresses and routes known before any peer connects (p2p and server).
-async fn configure_static_addresses(netlink: &Netlink, index: u32, tunnel: &Tunnel) -> anyhow::Result<()> {
+async fn configure_static_addresses(
+    netlink: &Netlink,
+    index: u32,
+    tunnel: &Tunnel,
+) -> anyhow::Result<()> {
     match &tunnel.addressing {
         Addressing::P2p { local, remote, .. } => {
-            netlink.add_address(index, IpAddr::V4(*local), 32, Some(IpAddr::V4(*remote))).await?;
+            netlink
+                .add_address(index, IpAddr::V4(*local), 32, Some(IpAddr::V4(*remote)))
+                .await?;
         }
-        Addressing::Server { subnet, topology, .. } => {
+        Addressing::Server {
+            subnet, topology, ..
+        } => {
             let base = u32::from(subnet.network());
             let server = Ipv4Addr::from(base + 1);
             match topology {
-                Topology::Subnet => netlink.add_address(index, IpAddr::V4(server), subnet.prefix_len(), None).await?,
+                Topology::Subnet => {
+                    netlink
+                        .add_address(index, IpAddr::V4(server), subnet.prefix_len(), None)
+                        .await?
+                }
                 Topology::Net30 => {
                     netlink
-                        .add_address(index, IpAddr::V4(server), 32, Some(IpAddr::V4(Ipv4Addr::from(base + 2))))
+                        .add_address(
+                            index,
+                            IpAddr::V4(server),
+                            32,
+                            Some(IpAddr::V4(Ipv4Addr::from(base + 2))),
+                        )
                         .await?;
-                    netlink.replace_route(IpNet::V4(*subnet), None, index, None).await?;
+                    netlink
+                        .replace_route(IpNet::V4(*subnet), None, index, None)
+                        .await?;
                 }
             }
         }
@@ -491,20 +574,30 @@ async fn configure_static_addresses(netlink: &Netlink, index: u32, tunnel: &Tunn
 }
 
 /// Addresses and routes a client learns from PUSH_REPLY.
-async fn configure_pushed(netlink: &Netlink, index: u32, pushed: &PushOptions) -> anyhow::Result<()> {
+async fn configure_pushed(
+    netlink: &Netlink,
+    index: u32,
+    pushed: &PushOptions,
+) -> anyhow::Result<()> {
     if let Some((address, second)) = pushed.ifconfig {
         match pushed.topology.unwrap_or(Topology::Net30) {
             Topology::Subnet => {
                 let prefix = u32::from(second).leading_ones() as u8;
-                netlink.add_address(index, IpAddr::V4(address), prefix, None).await?;
+                netlink
+                    .add_address(index, IpAddr::V4(address), prefix, None)
+                    .await?;
             }
             Topology::Net30 => {
-                netlink.add_address(index, IpAddr::V4(address), 32, Some(IpAddr::V4(second))).await?;
+                netlink
+                    .add_address(index, IpAddr::V4(address), 32, Some(IpAddr::V4(second)))
+                    .await?;
             }
         }
     }
     for (route, _gateway) in &pushed.routes {
-        netlink.replace_route(IpNet::V4(*route), None, index, None).await?;
+        netlink
+            .replace_route(IpNet::V4(*route), None, index, None)
+            .await?;
     }
     Ok(())
 }
@@ -528,16 +621,25 @@ struct ControlTask {
 }
 
 impl ControlTask {
-    async fn run(mut self, mut input: mpsc::Receiver<ControlInput>, mut stop: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut input: mpsc::Receiver<ControlInput>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut reconnect_at: Option<Instant> = Some(Instant::now());
         let mut remote_index = 0usize;
         loop {
             // Clients (and p2p TLS clients over UDP) start sessions on their own.
-            if self.session.is_none() && self.initiates() && self.tunnel.transport == Transport::Udp {
+            if self.session.is_none() && self.initiates() && self.tunnel.transport == Transport::Udp
+            {
                 if let Some(at) = reconnect_at {
                     if Instant::now() >= at {
                         reconnect_at = None;
-                        if let Some(&remote) = self.tunnel.remotes.get(remote_index % self.tunnel.remotes.len().max(1)) {
+                        if let Some(&remote) = self
+                            .tunnel
+                            .remotes
+                            .get(remote_index % self.tunnel.remotes.len().max(1))
+                        {
                             remote_index += 1;
                             self.set_udp_peer(remote);
                             self.new_session();
@@ -595,7 +697,10 @@ impl ControlTask {
     fn set_udp_peer(&mut self, peer: SocketAddr) {
         if let Some(socket) = &self.udp {
             self.peer = Some(peer);
-            self.plane.wire.store(Some(Arc::new(Wire::Udp { socket: socket.clone(), peer })));
+            self.plane.wire.store(Some(Arc::new(Wire::Udp {
+                socket: socket.clone(),
+                peer,
+            })));
         }
     }
 
@@ -632,7 +737,9 @@ impl ControlTask {
         let now = Instant::now();
         let udp = self.tunnel.transport == Transport::Udp;
         let belongs = self.session.as_ref().is_some_and(|session| {
-            !session.is_ended() && !session.is_new_session_reset(&bytes) && (!udp || Some(from) == self.peer)
+            !session.is_ended()
+                && !session.is_new_session_reset(&bytes)
+                && (!udp || Some(from) == self.peer)
         });
         if belongs || (self.initiates() && self.session.is_some()) {
             if let Some(mut session) = self.session.take() {
@@ -641,14 +748,22 @@ impl ControlTask {
             }
             return;
         }
-        let is_reset = matches!(peek_opcode(&bytes), Ok((crate::proto::packet::Opcode::HardResetClientV2, _)));
+        let is_reset = matches!(
+            peek_opcode(&bytes),
+            Ok((crate::proto::packet::Opcode::HardResetClientV2, _))
+        );
         if self.tls_role != TlsRole::Server || !is_reset {
-            self.plane.counters.control_dropped.fetch_add(1, Ordering::Relaxed);
+            self.plane
+                .counters
+                .control_dropped
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
         // A new peer session: try it on the side and switch only once its reset authenticated,
         // so a forged reset cannot tear down the running session.
-        let Some(mut candidate) = self.make_session() else { return };
+        let Some(mut candidate) = self.make_session() else {
+            return;
+        };
         self.feed(&mut candidate, now, &bytes);
         if candidate.remote_session_id().is_none() {
             return;
@@ -669,9 +784,10 @@ impl ControlTask {
         session.handle_control(now, bytes);
         let after = session.stats();
         let counters = &self.plane.counters;
-        counters
-            .control_unauthenticated
-            .fetch_add(after.unauthenticated - before.unauthenticated, Ordering::Relaxed);
+        counters.control_unauthenticated.fetch_add(
+            after.unauthenticated - before.unauthenticated,
+            Ordering::Relaxed,
+        );
         counters.control_dropped.fetch_add(
             (after.replayed - before.replayed) + (after.malformed - before.malformed),
             Ordering::Relaxed,
@@ -699,7 +815,9 @@ impl ControlTask {
     async fn drain_events(&mut self) -> Option<SessionEnd> {
         let mut ended = None;
         loop {
-            let Some(event) = self.session.as_mut().and_then(Session::poll_event) else { break };
+            let Some(event) = self.session.as_mut().and_then(Session::poll_event) else {
+                break;
+            };
             match event {
                 SessionEvent::Transmit(bytes) => {
                     if let Err(error) = self.plane.send_packet(&bytes) {
@@ -709,7 +827,7 @@ impl ControlTask {
                 SessionEvent::InstallReceiveKey(key) => {
                     if let Ok(mut keys) = self.plane.receive_keys.lock() {
                         keys.retain(|existing| existing.key_id() != key.key_id());
-                        keys.push(key);
+                        keys.push(*key);
                     }
                 }
                 SessionEvent::ActivateSendKey(key) => self.plane.send_key.store(Some(key)),
@@ -718,7 +836,10 @@ impl ControlTask {
                         keys.retain(|existing| existing.key_id() != key_id);
                     }
                 }
-                SessionEvent::Established { params, peer_common_name } => {
+                SessionEvent::Established {
+                    params,
+                    peer_common_name,
+                } => {
                     tracing::info!(
                         tunnel = %self.name,
                         peer = ?self.peer,
@@ -732,11 +853,14 @@ impl ControlTask {
                         status.peer = self.peer.map(|peer| peer.to_string());
                         status.peer_common_name = peer_common_name;
                         status.cipher = Some(params.cipher.to_string());
-                        status.key_derivation = Some(if params.tls_ekm { "tls-ekm" } else { "prf" }.into());
+                        status.key_derivation =
+                            Some(if params.tls_ekm { "tls-ekm" } else { "prf" }.into());
                     }
                 }
                 SessionEvent::Pushed(options) => {
-                    if let Err(error) = configure_pushed(&self.netlink, self.ifindex, &options).await {
+                    if let Err(error) =
+                        configure_pushed(&self.netlink, self.ifindex, &options).await
+                    {
                         tracing::error!(tunnel = %self.name, error = %format!("{error:#}"), "applying pushed options");
                     }
                 }
@@ -762,7 +886,9 @@ impl ControlTask {
             SessionEnd::TlsFailed(reason) => {
                 tracing::error!(tunnel = %self.name, peer = ?self.peer, "session refused: {reason}")
             }
-            other => tracing::warn!(tunnel = %self.name, peer = ?self.peer, "session ended: {other}"),
+            other => {
+                tracing::warn!(tunnel = %self.name, peer = ?self.peer, "session ended: {other}")
+            }
         }
         self.session = None;
         self.clear_keys();
@@ -806,7 +932,11 @@ impl ControlTask {
 
 /// Waits until `fd` is readable or the poll interval passes.
 fn wait_readable(fd: i32) -> bool {
-    let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd for the duration of the call.
     let ready = unsafe { libc::poll(&mut pollfd, 1, POLL_INTERVAL_MS) };
     ready > 0
@@ -838,13 +968,18 @@ fn tun_send_loop(plane: &DataPlane, tun: &TunQueue) {
                 plane.counters.tx_no_key.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let Some(payload) = buffer.get(..read) else { continue };
+            let Some(payload) = buffer.get(..read) else {
+                continue;
+            };
             if key.seal(payload, &mut sealed).is_err() {
                 plane.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             plane.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-            plane.counters.tx_bytes.fetch_add(read as u64, Ordering::Relaxed);
+            plane
+                .counters
+                .tx_bytes
+                .fetch_add(read as u64, Ordering::Relaxed);
             match wire.as_ref() {
                 Wire::Udp { peer, .. } => {
                     if batch.push(&sealed, *peer).is_err() {
@@ -879,11 +1014,17 @@ fn flush_batch(plane: &DataPlane, wire: &Wire, batch: &mut SendBatch, tcp_out: &
             let queued = batch.len();
             match batch.flush(socket.as_ref()) {
                 Ok(sent) if sent < queued => {
-                    plane.counters.tx_errors.fetch_add((queued - sent) as u64, Ordering::Relaxed);
+                    plane
+                        .counters
+                        .tx_errors
+                        .fetch_add((queued - sent) as u64, Ordering::Relaxed);
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    plane.counters.tx_errors.fetch_add(queued as u64, Ordering::Relaxed);
+                    plane
+                        .counters
+                        .tx_errors
+                        .fetch_add(queued as u64, Ordering::Relaxed);
                     tracing::debug!(%error, "sendmmsg failed");
                 }
             }
@@ -914,7 +1055,12 @@ fn set_nonblocking(fd: i32) {
 }
 
 /// wire → open → tun for UDP; control packets go to the control task.
-fn udp_receive_loop(plane: &DataPlane, socket: &UdpSocket, tun: &TunQueue, control: &mpsc::Sender<ControlInput>) {
+fn udp_receive_loop(
+    plane: &DataPlane,
+    socket: &UdpSocket,
+    tun: &TunQueue,
+    control: &mpsc::Sender<ControlInput>,
+) {
     let mut batch = RecvBatch::new(64, 4096);
     let mut scratch = Vec::with_capacity(4096);
     while !plane.stop.load(Ordering::Relaxed) {
@@ -944,7 +1090,10 @@ fn udp_receive_loop(plane: &DataPlane, socket: &UdpSocket, tun: &TunQueue, contr
                     }
                     Ok(_) => {
                         if control
-                            .try_send(ControlInput::Packet { bytes: packet.to_vec(), from })
+                            .try_send(ControlInput::Packet {
+                                bytes: packet.to_vec(),
+                                from,
+                            })
                             .is_err()
                         {
                             plane.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
@@ -987,7 +1136,9 @@ fn tcp_connection_loop(
                 }
             }
             None => {
-                let Some(&remote) = remotes.get(attempt % remotes.len().max(1)) else { return };
+                let Some(&remote) = remotes.get(attempt % remotes.len().max(1)) else {
+                    return;
+                };
                 attempt += 1;
                 match TcpStream::connect_timeout(&remote, Duration::from_secs(5)) {
                     Ok(stream) => Some((stream, remote)),
@@ -998,11 +1149,18 @@ fn tcp_connection_loop(
                 }
             }
         };
-        let Some((stream, peer)) = connection else { continue };
+        let Some((stream, peer)) = connection else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let _ = stream.set_nonblocking(false);
-        let Ok(reader) = stream.try_clone() else { continue };
-        if control.blocking_send(ControlInput::TcpConnected { stream, peer }).is_err() {
+        let Ok(reader) = stream.try_clone() else {
+            continue;
+        };
+        if control
+            .blocking_send(ControlInput::TcpConnected { stream, peer })
+            .is_err()
+        {
             return;
         }
         read_tcp_frames(plane, reader, tun, control, peer);
@@ -1015,7 +1173,13 @@ fn tcp_connection_loop(
     }
 }
 
-fn read_tcp_frames(plane: &DataPlane, mut stream: TcpStream, tun: &TunQueue, control: &mpsc::Sender<ControlInput>, peer: SocketAddr) {
+fn read_tcp_frames(
+    plane: &DataPlane,
+    mut stream: TcpStream,
+    tun: &TunQueue,
+    control: &mpsc::Sender<ControlInput>,
+    peer: SocketAddr,
+) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(POLL_INTERVAL_MS as u64)));
     let mut decoder = FrameDecoder::new(std::num::NonZeroU16::MAX);
     let mut chunk = vec![0u8; 65_536];
@@ -1023,7 +1187,14 @@ fn read_tcp_frames(plane: &DataPlane, mut stream: TcpStream, tun: &TunQueue, con
         let read = match stream.read(&mut chunk) {
             Ok(0) => return,
             Ok(read) => read,
-            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
             Err(_) => return,
         };
         let mut offset = 0;
@@ -1046,7 +1217,13 @@ fn read_tcp_frames(plane: &DataPlane, mut stream: TcpStream, tun: &TunQueue, con
                         }
                     }
                     Ok(_) => {
-                        if control.blocking_send(ControlInput::Packet { bytes: packet, from: peer }).is_err() {
+                        if control
+                            .blocking_send(ControlInput::Packet {
+                                bytes: packet,
+                                from: peer,
+                            })
+                            .is_err()
+                        {
                             return;
                         }
                     }

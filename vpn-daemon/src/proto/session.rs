@@ -20,8 +20,9 @@ use super::control_codec::{ControlCodec, ControlCodecError};
 use super::data::{CompressionFraming, DataFormat, ReceiveKey, ReplayConfig, SendKey};
 use super::key_method::{KeyMethod2, KeyMethodError};
 use super::options::{
-    encode_control_message, iv_proto, p2p_peer_id, ControlMessageError, P2P_PEER_ID_EKM_LABEL, negotiate_p2p, negotiate_server_cipher,
-    parse_control_message, ControlMessage, PeerInfo, PushOptions,
+    encode_control_message, iv_proto, negotiate_p2p, negotiate_server_cipher, p2p_peer_id,
+    parse_control_message, ControlMessage, ControlMessageError, PeerInfo, PushOptions,
+    P2P_PEER_ID_EKM_LABEL,
 };
 use super::packet::{KeyId, Opcode, SessionId, PEER_ID_UNSET};
 use super::prf::{key_block_from_legacy_prf, KeyBlock, LegacyKeySource};
@@ -36,6 +37,9 @@ const DEFAULT_CONTROL_PACKET_SIZE: usize = 1250;
 const PUSH_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 /// The TLS plaintext we accept before a complete message; a peer sending more is broken.
 const MAX_PENDING_PLAINTEXT: usize = 64 * 1024;
+
+/// Fills a buffer with cryptographically secure random bytes (the caller's RNG).
+pub type RandomSource = Box<dyn FnMut(&mut [u8]) + Send>;
 
 /// What this end does beyond TLS.
 #[derive(Debug, Clone)]
@@ -107,7 +111,12 @@ pub struct SessionConfig {
 
 impl SessionConfig {
     /// Defaults matching OpenVPN 2.6 for everything but TLS, mode and ciphers.
-    pub fn new(tls: TlsSetup, mode: SessionMode, transport: Transport, ciphers: Vec<Cipher>) -> Self {
+    pub fn new(
+        tls: TlsSetup,
+        mode: SessionMode,
+        transport: Transport,
+        ciphers: Vec<Cipher>,
+    ) -> Self {
         Self {
             tls,
             mode,
@@ -171,10 +180,13 @@ pub enum SessionEnd {
 impl std::fmt::Display for SessionEnd {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SessionEnd::PingTimeout => formatter.write_str("no traffic from the peer within the keepalive timeout"),
+            SessionEnd::PingTimeout => {
+                formatter.write_str("no traffic from the peer within the keepalive timeout")
+            }
             SessionEnd::PeerExit => formatter.write_str("the peer exited"),
             SessionEnd::PeerRestart => formatter.write_str("the peer asked for a restart"),
-            SessionEnd::HandshakeTimeout => formatter.write_str("TLS key negotiation did not finish within the handshake window"),
+            SessionEnd::HandshakeTimeout => formatter
+                .write_str("TLS key negotiation did not finish within the handshake window"),
             SessionEnd::TlsFailed(reason) => write!(formatter, "TLS failed: {reason}"),
             SessionEnd::Protocol(reason) => write!(formatter, "protocol error: {reason}"),
             SessionEnd::PeerNewSession => formatter.write_str("the peer started a new session"),
@@ -187,7 +199,7 @@ pub enum SessionEvent {
     /// Send this packet to the peer (control channel; unframed).
     Transmit(Vec<u8>),
     /// Start accepting data packets with this key id.
-    InstallReceiveKey(ReceiveKey),
+    InstallReceiveKey(Box<ReceiveKey>),
     /// Send data with this key from now on (it replaces the previous send key).
     ActivateSendKey(Arc<SendKey>),
     /// Stop accepting data packets with this key id.
@@ -211,10 +223,17 @@ impl std::fmt::Debug for SessionEvent {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SessionEvent::Transmit(bytes) => write!(formatter, "Transmit({} bytes)", bytes.len()),
-            SessionEvent::InstallReceiveKey(key) => write!(formatter, "InstallReceiveKey({:?})", key.key_id()),
-            SessionEvent::ActivateSendKey(key) => write!(formatter, "ActivateSendKey({:?})", key.key_id()),
+            SessionEvent::InstallReceiveKey(key) => {
+                write!(formatter, "InstallReceiveKey({:?})", key.key_id())
+            }
+            SessionEvent::ActivateSendKey(key) => {
+                write!(formatter, "ActivateSendKey({:?})", key.key_id())
+            }
             SessionEvent::RetireReceiveKey(id) => write!(formatter, "RetireReceiveKey({id:?})"),
-            SessionEvent::Established { params, peer_common_name } => write!(formatter, "Established({params:?}, {peer_common_name:?})"),
+            SessionEvent::Established {
+                params,
+                peer_common_name,
+            } => write!(formatter, "Established({params:?}, {peer_common_name:?})"),
             SessionEvent::Pushed(options) => write!(formatter, "Pushed({options:?})"),
             SessionEvent::SendPing => formatter.write_str("SendPing"),
             SessionEvent::Ended(end) => write!(formatter, "Ended({end})"),
@@ -279,7 +298,7 @@ pub struct Session {
     push_request_due: Option<Instant>,
     keepalive: Option<Keepalive>,
     events: VecDeque<SessionEvent>,
-    random: Box<dyn FnMut(&mut [u8]) + Send>,
+    random: RandomSource,
     clock_anchor: (Instant, u32),
     stats: SessionStats,
     ended: bool,
@@ -295,7 +314,7 @@ impl Session {
         codec: ControlCodec,
         now: Instant,
         now_unix: u32,
-        mut random: Box<dyn FnMut(&mut [u8]) + Send>,
+        mut random: RandomSource,
     ) -> Result<Session, SessionEnd> {
         let mut id = [0u8; 8];
         // OpenVPN drops packets with an all-zero session id; draw until it is not.
@@ -375,12 +394,15 @@ impl Session {
     /// Whether a packet is a hard reset that would start a new session with us, for a server
     /// deciding to replace an existing session.
     pub fn is_new_session_reset(&self, packet: &[u8]) -> bool {
-        let Ok(header) = super::packet::ControlHeader::decode(packet).map(|(header, _)| header) else {
+        let Ok(header) = super::packet::ControlHeader::decode(packet).map(|(header, _)| header)
+        else {
             return false;
         };
         header.opcode == Opcode::HardResetClientV2
             && self.tls_role() == TlsRole::Server
-            && self.remote_session_id.is_some_and(|remote| remote != header.session_id)
+            && self
+                .remote_session_id
+                .is_some_and(|remote| remote != header.session_id)
     }
 
     /// Handles one control-channel packet from the peer.
@@ -411,7 +433,10 @@ impl Session {
             return;
         }
         // Acks must be for our session.
-        if body.remote_session_id.is_some_and(|id| id != self.local_session_id) {
+        if body
+            .remote_session_id
+            .is_some_and(|id| id != self.local_session_id)
+        {
             self.stats.malformed += 1;
             return;
         }
@@ -450,7 +475,11 @@ impl Session {
 
         if header.opcode == Opcode::SoftResetV1 && self.key_index(header.key_id).is_none() {
             // The peer starts a renegotiation: a new key id after our newest.
-            let newest = self.keys.first().map(|key| key.key_id).unwrap_or(KeyId::ZERO);
+            let newest = self
+                .keys
+                .first()
+                .map(|key| key.key_id)
+                .unwrap_or(KeyId::ZERO);
             if header.key_id != newest.next() || !self.established {
                 self.stats.malformed += 1;
                 return;
@@ -480,25 +509,31 @@ impl Session {
             return;
         }
         if let Some(keepalive) = self.keepalive {
-            if self.established && now.saturating_duration_since(activity.last_received) >= keepalive.timeout {
+            if self.established
+                && now.saturating_duration_since(activity.last_received) >= keepalive.timeout
+            {
                 self.end(SessionEnd::PingTimeout);
                 return;
             }
-            if self.established && now.saturating_duration_since(activity.last_sent) >= keepalive.interval {
+            if self.established
+                && now.saturating_duration_since(activity.last_sent) >= keepalive.interval
+            {
                 self.events.push_back(SessionEvent::SendPing);
             }
         }
         // Handshake windows.
-        for key in &self.keys {
-            if matches!(key.phase, KeyPhase::Negotiating | KeyPhase::AwaitingPush) && now >= key.deadline {
-                if key.key_id == KeyId::ZERO || !self.established {
-                    self.end(SessionEnd::HandshakeTimeout);
-                    return;
-                }
-            }
+        let first_key_late = self.keys.iter().any(|key| {
+            matches!(key.phase, KeyPhase::Negotiating | KeyPhase::AwaitingPush)
+                && now >= key.deadline
+                && (key.key_id == KeyId::ZERO || !self.established)
+        });
+        if first_key_late {
+            self.end(SessionEnd::HandshakeTimeout);
+            return;
         }
         self.keys.retain(|key| {
-            !(matches!(key.phase, KeyPhase::Negotiating | KeyPhase::AwaitingPush) && now >= key.deadline)
+            !(matches!(key.phase, KeyPhase::Negotiating | KeyPhase::AwaitingPush)
+                && now >= key.deadline)
         });
         // Expired lame ducks.
         let mut retired = Vec::new();
@@ -510,17 +545,26 @@ impl Session {
             _ => true,
         });
         for key_id in retired {
-            self.events.push_back(SessionEvent::RetireReceiveKey(key_id));
+            self.events
+                .push_back(SessionEvent::RetireReceiveKey(key_id));
         }
         // Renegotiation.
         if let Some(interval) = self.config.reneg_interval {
-            let renegotiating = self.keys.iter().any(|key| key.phase == KeyPhase::Negotiating);
+            let renegotiating = self
+                .keys
+                .iter()
+                .any(|key| key.phase == KeyPhase::Negotiating);
             let due = self
                 .active_key()
                 .and_then(|key| key.established_at)
                 .is_some_and(|at| now.saturating_duration_since(at) >= interval);
             if due && !renegotiating {
-                let next = self.keys.first().map(|key| key.key_id).unwrap_or(KeyId::ZERO).next();
+                let next = self
+                    .keys
+                    .first()
+                    .map(|key| key.key_id)
+                    .unwrap_or(KeyId::ZERO)
+                    .next();
                 if let Err(end) = self.start_key_state(now, next) {
                     self.end(end);
                     return;
@@ -555,7 +599,8 @@ impl Session {
                 _ => {}
             }
             if key.phase == KeyPhase::Active {
-                if let (Some(interval), Some(at)) = (self.config.reneg_interval, key.established_at) {
+                if let (Some(interval), Some(at)) = (self.config.reneg_interval, key.established_at)
+                {
                     consider(Some(at + interval));
                 }
             }
@@ -597,9 +642,13 @@ impl Session {
     /// Starts key state `key_id`: queues its reset and a fresh TLS connection.
     fn start_key_state(&mut self, now: Instant, key_id: KeyId) -> Result<(), SessionEnd> {
         let tls = match &self.config.tls {
-            TlsSetup::Client(config) => rustls::ClientConnection::new(config.clone(), tls::server_name())
-                .map(rustls::Connection::from),
-            TlsSetup::Server(config) => rustls::ServerConnection::new(config.clone()).map(rustls::Connection::from),
+            TlsSetup::Client(config) => {
+                rustls::ClientConnection::new(config.clone(), tls::server_name())
+                    .map(rustls::Connection::from)
+            }
+            TlsSetup::Server(config) => {
+                rustls::ServerConnection::new(config.clone()).map(rustls::Connection::from)
+            }
         }
         .map_err(|error| SessionEnd::TlsFailed(tls::describe_tls_error(&error)))?;
         let mut reliable = Reliable::new(ReliableConfig::default());
@@ -617,7 +666,8 @@ impl Session {
         // Keep one negotiating, one active and one lame duck at most: drop the oldest others.
         while self.keys.len() >= 3 {
             if let Some(old) = self.keys.pop() {
-                self.events.push_back(SessionEvent::RetireReceiveKey(old.key_id));
+                self.events
+                    .push_back(SessionEvent::RetireReceiveKey(old.key_id));
             }
         }
         self.keys.insert(
@@ -643,8 +693,12 @@ impl Session {
     /// Moves one key state forward as far as its input allows.
     fn process_key_state(&mut self, now: Instant, index: usize) {
         loop {
-            let Some(key) = self.keys.get_mut(index) else { return };
-            let Some((opcode, payload)) = key.reliable.pop_received() else { break };
+            let Some(key) = self.keys.get_mut(index) else {
+                return;
+            };
+            let Some((opcode, payload)) = key.reliable.pop_received() else {
+                break;
+            };
             match opcode {
                 Opcode::HardResetClientV2 | Opcode::HardResetServerV2 | Opcode::SoftResetV1 => {
                     key.peer_reset_received = true;
@@ -673,7 +727,9 @@ impl Session {
                 _ => {}
             }
         }
-        let Some(key) = self.keys.get_mut(index) else { return };
+        let Some(key) = self.keys.get_mut(index) else {
+            return;
+        };
         // Read TLS plaintext.
         let mut buffer = [0u8; 4096];
         loop {
@@ -682,13 +738,19 @@ impl Session {
                 Ok(read) => {
                     key.plaintext.extend_from_slice(&buffer[..read]);
                     if key.plaintext.len() > MAX_PENDING_PLAINTEXT {
-                        self.fail_key(index, SessionEnd::Protocol("oversized control message".into()));
+                        self.fail_key(
+                            index,
+                            SessionEnd::Protocol("oversized control message".into()),
+                        );
                         return;
                     }
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(error) => {
-                    self.fail_key(index, SessionEnd::TlsFailed(format!("TLS stream ended: {error}")));
+                    self.fail_key(
+                        index,
+                        SessionEnd::TlsFailed(format!("TLS stream ended: {error}")),
+                    );
                     return;
                 }
             }
@@ -699,11 +761,17 @@ impl Session {
             let key = &mut self.keys[index];
             let mut encoded = Vec::new();
             if let Err(error) = message.encode(&mut encoded) {
-                self.fail_key(index, SessionEnd::Protocol(format!("cannot encode key-method 2: {error}")));
+                self.fail_key(
+                    index,
+                    SessionEnd::Protocol(format!("cannot encode key-method 2: {error}")),
+                );
                 return;
             }
             if let Err(error) = key.tls.writer().write_all(&encoded) {
-                self.fail_key(index, SessionEnd::TlsFailed(format!("cannot write key-method 2: {error}")));
+                self.fail_key(
+                    index,
+                    SessionEnd::TlsFailed(format!("cannot write key-method 2: {error}")),
+                );
                 return;
             }
             key.local_key_method = Some(message);
@@ -738,7 +806,9 @@ impl Session {
 
     fn parse_plaintext(&mut self, now: Instant, index: usize) {
         let from_tls_client = self.tls_role() == TlsRole::Server;
-        let Some(key) = self.keys.get_mut(index) else { return };
+        let Some(key) = self.keys.get_mut(index) else {
+            return;
+        };
         if key.remote_key_method.is_none() {
             match KeyMethod2::decode(&key.plaintext, from_tls_client) {
                 Ok((message, consumed)) => {
@@ -751,14 +821,19 @@ impl Session {
                 }
                 Err(KeyMethodError::Incomplete) => return,
                 Err(error) => {
-                    self.fail_key(index, SessionEnd::Protocol(format!("bad key-method message: {error}")));
+                    self.fail_key(
+                        index,
+                        SessionEnd::Protocol(format!("bad key-method message: {error}")),
+                    );
                     return;
                 }
             }
         }
         // Control messages (NUL-terminated strings).
         loop {
-            let Some(key) = self.keys.get_mut(index) else { return };
+            let Some(key) = self.keys.get_mut(index) else {
+                return;
+            };
             let (message, consumed) = match parse_control_message(&key.plaintext) {
                 Ok((message, consumed)) => (message.to_owned_message(), consumed),
                 Err(ControlMessageError::NotPrintable { skip }) => {
@@ -789,9 +864,9 @@ impl Session {
             }
             OwnedControlMessage::Exit => self.end(SessionEnd::PeerExit),
             OwnedControlMessage::Restart => self.end(SessionEnd::PeerRestart),
-            OwnedControlMessage::AuthFailed(reason) => {
-                self.end(SessionEnd::Protocol(format!("the server refused us: AUTH_FAILED {reason}")))
-            }
+            OwnedControlMessage::AuthFailed(reason) => self.end(SessionEnd::Protocol(format!(
+                "the server refused us: AUTH_FAILED {reason}"
+            ))),
             OwnedControlMessage::Other(text) => {
                 tracing::debug!(message = %text, "ignoring control message");
             }
@@ -799,7 +874,9 @@ impl Session {
     }
 
     fn answer_push_request(&mut self, now: Instant, index: usize) {
-        let SessionMode::Server { push, peer_id } = &self.config.mode else { return };
+        let SessionMode::Server { push, peer_id } = &self.config.mode else {
+            return;
+        };
         let mut reply = push.clone();
         let peer_info = self.remote_peer_info.clone().unwrap_or_default();
         let peer_options = self.keys[index]
@@ -809,14 +886,18 @@ impl Session {
             .unwrap_or_default();
         let cipher = match self.params {
             Some(params) => params.cipher,
-            None => match negotiate_server_cipher(&self.config.ciphers, &peer_info, &peer_options) {
-                Ok(cipher) => cipher,
-                Err(error) => {
-                    self.send_control_message(now, &format!("AUTH_FAILED,{error}"));
-                    self.end(SessionEnd::Protocol(format!("no common data cipher: {error}")));
-                    return;
+            None => {
+                match negotiate_server_cipher(&self.config.ciphers, &peer_info, &peer_options) {
+                    Ok(cipher) => cipher,
+                    Err(error) => {
+                        self.send_control_message(now, &format!("AUTH_FAILED,{error}"));
+                        self.end(SessionEnd::Protocol(format!(
+                            "no common data cipher: {error}"
+                        )));
+                        return;
+                    }
                 }
-            },
+            }
         };
         let tls_ekm = peer_info.supports(iv_proto::TLS_KEY_EXPORT);
         let data_v2 = peer_info.supports(iv_proto::DATA_V2);
@@ -844,7 +925,9 @@ impl Session {
         let parsed = match PushOptions::parse(options) {
             Ok(parsed) => parsed,
             Err(error) => {
-                self.end(SessionEnd::Protocol(format!("unusable PUSH_REPLY: {error}")));
+                self.end(SessionEnd::Protocol(format!(
+                    "unusable PUSH_REPLY: {error}"
+                )));
                 return;
             }
         };
@@ -905,11 +988,15 @@ impl Session {
     /// Derives and hands out the data keys once both key-method messages are known and the
     /// parameters are settled.
     fn maybe_install_keys(&mut self, now: Instant, index: usize) {
-        let Some(key) = self.keys.get(index) else { return };
+        let Some(key) = self.keys.get(index) else {
+            return;
+        };
         if !matches!(key.phase, KeyPhase::Negotiating | KeyPhase::AwaitingPush) {
             return;
         }
-        let (Some(_), Some(remote)) = (&key.local_key_method, &key.remote_key_method) else { return };
+        let (Some(_), Some(remote)) = (&key.local_key_method, &key.remote_key_method) else {
+            return;
+        };
         if self.params.is_none() {
             match &self.config.mode {
                 SessionMode::Client => {
@@ -937,20 +1024,31 @@ impl Session {
                 SessionMode::P2p => {
                     let peer_info = self.remote_peer_info.clone().unwrap_or_default();
                     let options = remote.options.clone();
-                    match negotiate_p2p(&self.config.ciphers, self.tls_role(), &peer_info, &options) {
+                    match negotiate_p2p(&self.config.ciphers, self.tls_role(), &peer_info, &options)
+                    {
                         Ok((cipher, tls_ekm)) => {
                             // Both ends send DATA_V2 with one peer id: exported from TLS with
                             // TLS-EKM, a fixed value otherwise (ssl_ncp.c p2p_ncp_set_options).
                             let mut ekm_peer_id = [0u8; 3];
                             if tls_ekm {
                                 let exported = match &self.keys[index].tls {
-                                    rustls::Connection::Client(c) => c.export_keying_material([0u8; 3], P2P_PEER_ID_EKM_LABEL.as_bytes(), None),
-                                    rustls::Connection::Server(c) => c.export_keying_material([0u8; 3], P2P_PEER_ID_EKM_LABEL.as_bytes(), None),
+                                    rustls::Connection::Client(c) => c.export_keying_material(
+                                        [0u8; 3],
+                                        P2P_PEER_ID_EKM_LABEL.as_bytes(),
+                                        None,
+                                    ),
+                                    rustls::Connection::Server(c) => c.export_keying_material(
+                                        [0u8; 3],
+                                        P2P_PEER_ID_EKM_LABEL.as_bytes(),
+                                        None,
+                                    ),
                                 };
                                 match exported {
                                     Ok(bytes) => ekm_peer_id = bytes,
                                     Err(error) => {
-                                        self.end(SessionEnd::TlsFailed(format!("TLS key export failed: {error}")));
+                                        self.end(SessionEnd::TlsFailed(format!(
+                                            "TLS key export failed: {error}"
+                                        )));
                                         return;
                                     }
                                 }
@@ -966,7 +1064,9 @@ impl Session {
                             });
                         }
                         Err(error) => {
-                            self.end(SessionEnd::Protocol(format!("no common data cipher: {error}")));
+                            self.end(SessionEnd::Protocol(format!(
+                                "no common data cipher: {error}"
+                            )));
                             return;
                         }
                     }
@@ -985,16 +1085,25 @@ impl Session {
         let keys = block.data_channel_keys(params.cipher, role);
         let key_id = self.keys[index].key_id;
         let send = SendKey::new(key_id, params.format, &keys.send, params.compression);
-        let receive = ReceiveKey::new(key_id, &keys.receive, params.compression, self.config.replay);
+        let receive = ReceiveKey::new(
+            key_id,
+            &keys.receive,
+            params.compression,
+            self.config.replay,
+        );
         match (send, receive) {
             (Ok(send), Ok(receive)) => {
                 let key = &mut self.keys[index];
                 key.send_key = Some(Arc::new(send));
                 key.phase = KeyPhase::KeysInstalled;
-                self.events.push_back(SessionEvent::InstallReceiveKey(receive));
+                self.events
+                    .push_back(SessionEvent::InstallReceiveKey(Box::new(receive)));
             }
             (Err(error), _) | (_, Err(error)) => {
-                self.fail_key(index, SessionEnd::Protocol(format!("cannot set up data keys: {error}")));
+                self.fail_key(
+                    index,
+                    SessionEnd::Protocol(format!("cannot set up data keys: {error}")),
+                );
             }
         }
     }
@@ -1017,7 +1126,9 @@ impl Session {
             TlsRole::Server => (remote, local),
         };
         let Some(pre_master) = client.pre_master.as_ref() else {
-            return Err(SessionEnd::Protocol("the TLS client's key-method message lacks pre_master".into()));
+            return Err(SessionEnd::Protocol(
+                "the TLS client's key-method message lacks pre_master".into(),
+            ));
         };
         let Some(remote_session) = self.remote_session_id else {
             return Err(SessionEnd::Protocol("no peer session id".into()));
@@ -1040,23 +1151,33 @@ impl Session {
     /// A key with installed keys becomes the send key once the peer acknowledged our key-method
     /// message (so it can decrypt what we send).
     fn maybe_activate(&mut self, now: Instant, index: usize) {
-        let Some(key) = self.keys.get(index) else { return };
-        if key.phase != KeyPhase::KeysInstalled || !key.reliable.all_acked() || !key.tls_backlog.is_empty() {
+        let Some(key) = self.keys.get(index) else {
+            return;
+        };
+        if key.phase != KeyPhase::KeysInstalled
+            || !key.reliable.all_acked()
+            || !key.tls_backlog.is_empty()
+        {
             return;
         }
-        let Some(send_key) = key.send_key.clone() else { return };
+        let Some(send_key) = key.send_key.clone() else {
+            return;
+        };
         let key_id = key.key_id;
         let transition = self.config.transition_window;
         for other in self.keys.iter_mut() {
             if other.phase == KeyPhase::Active {
-                other.phase = KeyPhase::LameDuck { expires: now + transition };
+                other.phase = KeyPhase::LameDuck {
+                    expires: now + transition,
+                };
             }
         }
         let key = &mut self.keys[index];
         key.phase = KeyPhase::Active;
         key.established_at = Some(now);
         self.stats.keys_negotiated += 1;
-        self.events.push_back(SessionEvent::ActivateSendKey(send_key));
+        self.events
+            .push_back(SessionEvent::ActivateSendKey(send_key));
         if !self.established {
             self.established = true;
             let peer_common_name = match &self.keys[index].tls {
@@ -1064,7 +1185,10 @@ impl Session {
                 rustls::Connection::Server(connection) => tls::peer_common_name(connection),
             };
             if let Some(params) = self.params {
-                self.events.push_back(SessionEvent::Established { params, peer_common_name });
+                self.events.push_back(SessionEvent::Established {
+                    params,
+                    peer_common_name,
+                });
             }
         } else {
             tracing::info!(key_id = key_id.get(), "data channel key renegotiated");
@@ -1083,7 +1207,9 @@ impl Session {
 
     fn send_control_message(&mut self, now: Instant, text: &str) {
         // Control messages go on the newest key state whose TLS is up.
-        let Some(index) = self.keys.iter().position(|key| !key.tls.is_handshaking()) else { return };
+        let Some(index) = self.keys.iter().position(|key| !key.tls.is_handshaking()) else {
+            return;
+        };
         let mut bytes = Vec::new();
         if encode_control_message(text, &mut bytes).is_err() {
             tracing::warn!("refusing to send a control message with a NUL byte");
@@ -1096,7 +1222,9 @@ impl Session {
     }
 
     fn drain_tls_output(&mut self, index: usize) {
-        let Some(key) = self.keys.get_mut(index) else { return };
+        let Some(key) = self.keys.get_mut(index) else {
+            return;
+        };
         let mut output = Vec::new();
         while key.tls.wants_write() {
             if key.tls.write_tls(&mut output).is_err() {
@@ -1109,7 +1237,11 @@ impl Session {
     /// Moves TLS output into the reliability layer and reliability output onto the wire.
     fn flush(&mut self, now: Instant) {
         let overhead = self.codec.overhead() + 64;
-        let chunk_size = self.config.control_packet_size.saturating_sub(overhead).max(256);
+        let chunk_size = self
+            .config
+            .control_packet_size
+            .saturating_sub(overhead)
+            .max(256);
         for index in 0..self.keys.len() {
             // TLS output may only start after the peer's reset for this key arrived, so that a
             // stateless (HMAC cookie) server sees our ack of its reset first.
@@ -1128,8 +1260,16 @@ impl Session {
             let outgoing = self.keys[index].reliable.poll_transmit(now);
             for packet in outgoing {
                 let body = super::packet::ControlBody {
-                    remote_session_id: if packet.acks.is_empty() { None } else { self.remote_session_id },
-                    acks: if self.remote_session_id.is_some() { packet.acks } else { Vec::new() },
+                    remote_session_id: if packet.acks.is_empty() {
+                        None
+                    } else {
+                        self.remote_session_id
+                    },
+                    acks: if self.remote_session_id.is_some() {
+                        packet.acks
+                    } else {
+                        Vec::new()
+                    },
                     message_id: packet.message_id,
                     payload: &packet.payload,
                 };
@@ -1176,13 +1316,17 @@ impl ToOwnedMessage for ControlMessage<'_> {
     fn to_owned_message(&self) -> OwnedControlMessage {
         match self {
             ControlMessage::PushRequest => OwnedControlMessage::PushRequest,
-            ControlMessage::PushReply(options) => OwnedControlMessage::PushReply((*options).to_owned()),
+            ControlMessage::PushReply(options) => {
+                OwnedControlMessage::PushReply((*options).to_owned())
+            }
             ControlMessage::Exit => OwnedControlMessage::Exit,
             ControlMessage::Restart(_) | ControlMessage::Halt(_) => OwnedControlMessage::Restart,
-            ControlMessage::AuthFailed(reason) => OwnedControlMessage::AuthFailed(reason.unwrap_or("").to_owned()),
-            ControlMessage::Info(text) | ControlMessage::InfoPre(text) | ControlMessage::Other(text) => {
-                OwnedControlMessage::Other((*text).to_owned())
+            ControlMessage::AuthFailed(reason) => {
+                OwnedControlMessage::AuthFailed(reason.unwrap_or("").to_owned())
             }
+            ControlMessage::Info(text)
+            | ControlMessage::InfoPre(text)
+            | ControlMessage::Other(text) => OwnedControlMessage::Other((*text).to_owned()),
             ControlMessage::AuthPending(_) => OwnedControlMessage::Other("AUTH_PENDING".to_owned()),
         }
     }
