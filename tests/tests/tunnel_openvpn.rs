@@ -909,3 +909,86 @@ fn tls_crypt_wrong_key_gets_no_answer() {
     assert_eq!(refused, 5, "status: {:?}", ours.status());
     let _ = Path::new("");
 }
+
+/// Peers configured with compression interoperate through the framing alone: stock p2p with
+/// `comp-lzo`, and a stock client of our server with `compress stub-v2` (we push it).
+#[test]
+fn compression_framing_interoperates() {
+    if !require_root("compression_framing_interoperates") {
+        return;
+    }
+    let pki = Pki::shared().expect("PKI");
+    let site = Site::new(24);
+    let ours = start_ours(
+        &site,
+        &site.a,
+        "a0",
+        &Ours {
+            side: "a",
+            role: "p2p",
+            transport: Transport::Udp,
+            local: Some(site.a_wan()),
+            remote: Some(site.b_wan()),
+            cert: (pki.client_cert.clone(), pki.client_key.clone()),
+            protection: Protection::TlsCrypt,
+            cipher: "AES-256-GCM",
+            extra: vec![
+                "tls = \"client\"".into(),
+                "ifconfig = { local = \"10.99.24.1\", remote = \"10.99.24.2\" }".into(),
+                "compress = \"comp-lzo\"".into(),
+            ],
+        },
+    );
+    let mut config = OpenVpnConfig::p2p(
+        true,
+        Some(site.a_wan()),
+        "10.99.24.2".parse().unwrap(),
+        "10.99.24.1".parse().unwrap(),
+    );
+    config.protection = Protection::TlsCrypt;
+    config.dev = "ovpn-p".into();
+    config.extra = vec!["comp-lzo".into()];
+    let stock = OpenVpnPeer::start(&site.b, &config, pki).expect("stock p2p");
+    stock
+        .wait_for_log(UP, HANDSHAKE_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
+    wait_established(&ours);
+    assert_pings(&site.a, "10.99.24.2");
+    assert_pings(&site.b, "10.99.24.1");
+    assert_eq!(counter(&ours, "rx_malformed"), 0);
+    drop(stock);
+    drop(ours);
+
+    let site = Site::new(25);
+    let ours = start_ours(
+        &site,
+        &site.b,
+        "b0",
+        &Ours {
+            side: "b",
+            role: "server",
+            transport: Transport::Udp,
+            local: Some(site.b_wan()),
+            remote: None,
+            cert: (pki.server_cert.clone(), pki.server_key.clone()),
+            protection: Protection::TlsCrypt,
+            cipher: "AES-256-GCM",
+            extra: vec![
+                "server = \"10.8.25.0/24\"".into(),
+                "compress = \"stub-v2\"".into(),
+            ],
+        },
+    );
+    let mut config = OpenVpnConfig::client(vec![site.b_wan()]);
+    config.protection = Protection::TlsCrypt;
+    config.dev = "ovpn-c".into();
+    config.extra = vec!["compress stub-v2".into()];
+    let client = OpenVpnPeer::start(&site.a, &config, pki).expect("stock client");
+    client
+        .wait_for_log(UP, HANDSHAKE_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
+    wait_established(&ours);
+    assert_pings(&site.a, "10.8.25.1");
+    assert_pings(&site.b, "10.8.25.2");
+    assert_eq!(counter(&ours, "rx_malformed"), 0);
+}

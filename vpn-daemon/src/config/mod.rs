@@ -185,6 +185,7 @@ pub struct Tunnel {
     pub remote_cert_tls: Option<CertUsage>,
     /// Required common name of the peer's certificate.
     pub verify_x509_name: Option<String>,
+    pub compress: Option<Compress>,
 }
 
 impl Tunnel {
@@ -347,6 +348,21 @@ pub struct Keepalive {
 }
 
 /// Extended key usage the peer's certificate must carry (OpenVPN `remote-cert-tls`).
+/// Compression framing a peer expects (compression itself is never done; compressed packets
+/// from a peer are counted and dropped, as OpenVPN 2.6 does with `allow-compression no`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Compress {
+    /// The peer has `comp-lzo` (or `comp-lzo no`): a one-byte header on every packet.
+    #[serde(rename = "comp-lzo")]
+    LzoStub,
+    /// The peer has `compress`, `compress stub` or `compress lz4`.
+    #[serde(rename = "stub")]
+    Stub,
+    /// The peer has `compress stub-v2` or `compress lz4-v2`.
+    #[serde(rename = "stub-v2")]
+    StubV2,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CertUsage {

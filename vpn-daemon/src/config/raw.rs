@@ -6,7 +6,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{CertUsage, Role, TlsAuthDigest, TlsRole, Topology, Transport, XdpMode};
+use super::{CertUsage, Compress, Role, TlsAuthDigest, TlsRole, Topology, Transport, XdpMode};
 
 /// First, forgiving pass: only what must be judged before the strict pass, so that a file from a
 /// newer schema says "unsupported version" instead of "unknown field".
@@ -81,6 +81,7 @@ pub(super) struct RawTunnel {
     pub mtu: Option<Spanned<i64>>,
     pub remote_cert_tls: Option<CertUsage>,
     pub verify_x509_name: Option<Spanned<String>>,
+    pub compress: Option<Compress>,
     pub routes: Option<Spanned<Vec<Spanned<String>>>>,
     // p2p only
     pub tls: Option<Spanned<TlsRole>>,

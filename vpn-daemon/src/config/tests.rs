@@ -134,6 +134,7 @@ fn site_a_example_parses_with_the_documented_values() {
             routes: vec!["10.2.0.0/16".parse().unwrap()],
             remote_cert_tls: Some(CertUsage::Client),
             verify_x509_name: Some("site-b".to_owned()),
+            compress: None,
         }
     );
     assert_eq!(p2p.listen_port(), Some(1194));

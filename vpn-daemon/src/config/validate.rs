@@ -396,6 +396,7 @@ impl Checker<'_> {
                 routes,
                 remote_cert_tls: raw.remote_cert_tls,
                 verify_x509_name,
+                compress: raw.compress,
             },
             local_span: raw.local.as_ref().map(Spanned::span),
             device_span,

@@ -31,7 +31,7 @@ use super::netlink::Netlink;
 use super::tun::{TunDevice, TunQueue};
 use super::udp_batch::{set_socket_buffers, RecvBatch, SendBatch};
 use crate::config::{
-    Addressing, Config, ControlProtection, Role, TlsRole, Topology, Transport, Tunnel,
+    Addressing, Compress, Config, ControlProtection, Role, TlsRole, Topology, Transport, Tunnel,
 };
 use crate::proto::control_codec::{ControlCodec, Protection};
 use crate::proto::data::{
@@ -494,7 +494,23 @@ fn session_config(tunnel: &Tunnel, tls: TlsSetup) -> anyhow::Result<SessionConfi
     );
     config.keepalive = tunnel.keepalive;
     config.reneg_interval = (!tunnel.reneg_interval.is_zero()).then_some(tunnel.reneg_interval);
-    config.compression = CompressionFraming::None;
+    config.compression = match tunnel.compress {
+        None => CompressionFraming::None,
+        Some(Compress::LzoStub) => CompressionFraming::LzoStub,
+        Some(Compress::Stub) => CompressionFraming::StubV1,
+        Some(Compress::StubV2) => CompressionFraming::StubV2,
+    };
+    if let SessionMode::Server { push, .. } = &mut config.mode {
+        // Tell clients the framing, as an OpenVPN server with the same setting does.
+        push.compression = tunnel.compress.map(|compress| {
+            match compress {
+                Compress::LzoStub => "comp-lzo no",
+                Compress::Stub => "compress",
+                Compress::StubV2 => "compress stub-v2",
+            }
+            .to_owned()
+        });
+    }
     config.replay = ReplayConfig {
         tcp: tunnel.transport == Transport::Tcp,
         ..ReplayConfig::default()
