@@ -12,6 +12,8 @@ pub mod packet;
 pub mod prf;
 pub mod reliable;
 pub mod session;
+#[cfg(test)]
+mod session_tests;
 pub mod tls;
 pub mod tls_auth;
 pub mod tls_crypt;

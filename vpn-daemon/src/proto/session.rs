@@ -550,10 +550,7 @@ impl Session {
         }
         // Renegotiation.
         if let Some(interval) = self.config.reneg_interval {
-            let renegotiating = self
-                .keys
-                .iter()
-                .any(|key| key.phase == KeyPhase::Negotiating);
+            let renegotiating = self.renegotiating();
             let due = self
                 .active_key()
                 .and_then(|key| key.established_at)
@@ -598,7 +595,9 @@ impl Session {
                 KeyPhase::LameDuck { expires } => consider(Some(expires)),
                 _ => {}
             }
-            if key.phase == KeyPhase::Active {
+            // While a newer key is under way the renegotiation is not due again (an instant
+            // already past would make the caller spin).
+            if key.phase == KeyPhase::Active && !self.renegotiating() {
                 if let (Some(interval), Some(at)) = (self.config.reneg_interval, key.established_at)
                 {
                     consider(Some(at + interval));
@@ -633,6 +632,17 @@ impl Session {
 
     fn key_index(&self, key_id: KeyId) -> Option<usize> {
         self.keys.iter().position(|key| key.key_id == key_id)
+    }
+
+    /// Whether a key state newer than the active one is still being set up (until its send
+    /// key activates, including the wait for the peer's ack of our key-method message).
+    fn renegotiating(&self) -> bool {
+        self.keys.iter().any(|key| {
+            matches!(
+                key.phase,
+                KeyPhase::Negotiating | KeyPhase::AwaitingPush | KeyPhase::KeysInstalled
+            )
+        })
     }
 
     fn active_key(&self) -> Option<&KeyState> {
@@ -1154,9 +1164,12 @@ impl Session {
         let Some(key) = self.keys.get(index) else {
             return;
         };
+        // Our key-method message may still sit in rustls's buffer (written, not yet drained
+        // into the reliability layer): that is not acknowledged either.
         if key.phase != KeyPhase::KeysInstalled
             || !key.reliable.all_acked()
             || !key.tls_backlog.is_empty()
+            || key.tls.wants_write()
         {
             return;
         }
