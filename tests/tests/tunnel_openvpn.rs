@@ -292,6 +292,15 @@ fn client_to_stock_server(
     assert_pings(&site.b, &client_address);
     assert_iperf(&site.a, &site.b, &server_tunnel, 10);
     assert!(counter(&ours, "rx_packets") > 1000, "status: {status}");
+    if transport == Transport::Udp {
+        // Our client says goodbye with explicit-exit-notify; the stock server drops it at once.
+        let mut ours = ours;
+        ours.stop(Duration::from_secs(10))
+            .expect("stopping our client");
+        server
+            .wait_for_log("remote-exit", Duration::from_secs(5))
+            .expect("stock server saw our exit notification");
+    }
 }
 
 /// The IPv4 address on our tun device in `ns`.
@@ -372,7 +381,10 @@ fn server_for_stock_client(
     config.protection = protection;
     config.cipher = cipher.to_owned();
     config.dev = "ovpn-c".into();
-    let client = OpenVpnPeer::start(&site.a, &config, pki).expect("stock client");
+    if transport == Transport::Udp {
+        config.extra.push("explicit-exit-notify 1".into());
+    }
+    let mut client = OpenVpnPeer::start(&site.a, &config, pki).expect("stock client");
     client
         .wait_for_log(UP, HANDSHAKE_TIMEOUT)
         .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
@@ -387,6 +399,15 @@ fn server_for_stock_client(
     assert_pings(&site.a, &format!("10.2.{net}.1"));
     assert_pings(&site.b, &format!("10.8.{net}.2"));
     assert_iperf(&site.a, &site.b, &format!("10.8.{net}.1"), 10);
+    // The client says goodbye (EXIT on the control channel, or explicit-exit-notify): our
+    // server drops the session at once, long before the 30 s keepalive timeout.
+    client.stop(Duration::from_secs(5));
+    wait_for(
+        "our server to notice the client left",
+        Duration::from_secs(5),
+        || (tunnel_state(&ours) != "established").then_some(()),
+    )
+    .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
 }
 
 #[test]
