@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench`. Every task runs `setup` first, so a fresh
+//! Project tasks: `cargo xtask setup | test | fuzz | demo | bench`. Every task runs `setup` first, so a fresh
 //! machine needs nothing but cargo.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -26,8 +27,18 @@ struct Cli {
 enum Task {
     /// Install what is missing: apt packages, rustup components, bpf-linker (idempotent).
     Setup,
-    /// Formatting, clippy (warnings denied) and every test tier; privileged tiers need root.
+    /// Formatting, clippy (warnings denied), every test tier, then every fuzz target briefly
+    /// (VPN_FUZZ_SECONDS each, default 10); privileged tiers need root.
     Test,
+    /// Builds the cargo-fuzz targets (nightly) and runs each for a while; fails on a crash and
+    /// prints where the crash input was saved.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u32,
+        /// Targets to run (default: all of vpn-daemon/fuzz).
+        targets: Vec<String>,
+    },
     /// Run the daemon with an embedded config in network namespaces and show it working.
     Demo {
         /// Keep the demo running until Ctrl-C instead of shutting down after showing it.
@@ -52,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => Ok(()),
         Task::Test => test::run(),
+        Task::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Task::Demo { hold } => demo::run(hold),
         Task::Bench { runs, duration } => bench::run(&bench::BenchOptions { runs, duration }),
     }

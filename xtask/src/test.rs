@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 
 use crate::{is_root, run_command, step, workspace_root};
 
@@ -50,5 +50,23 @@ pub fn run() -> anyhow::Result<()> {
     step("tier 4: netns tests (real kernel, veth, XDP)", || {
         run_command(cargo().args(["test", "--package", "vpn-tests"]))
     })?;
-    Ok(())
+    let seconds = fuzz_seconds()?;
+    if seconds == 0 {
+        println!("note: VPN_FUZZ_SECONDS=0, fuzzing skipped");
+        return Ok(());
+    }
+    step(&format!("fuzz: every target for {seconds} s"), || {
+        crate::fuzz::run(seconds, &[])
+    })
+}
+
+/// Seconds each fuzz target runs in `cargo xtask test`: `VPN_FUZZ_SECONDS`, default 10.
+fn fuzz_seconds() -> anyhow::Result<u32> {
+    match std::env::var("VPN_FUZZ_SECONDS") {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .with_context(|| format!("VPN_FUZZ_SECONDS={value:?} is not a number of seconds")),
+        Err(_) => Ok(10),
+    }
 }
