@@ -192,8 +192,15 @@ fn assert_pings(from: &NetNs, dst: &str) {
     );
 }
 
+/// iperf3 runs one at a time: the tests run in parallel on a 2-core machine, and several
+/// saturating streams at once would starve each other's tunnels of CPU for whole seconds.
+static IPERF_ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A 10-second iperf3 stream from `client_ns` to `server_ns` at `target`; every interval moves data.
 fn assert_iperf(client_ns: &NetNs, server_ns: &NetNs, target: &str, seconds: u32) -> f64 {
+    let _turn = IPERF_ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let _server = Iperf3Server::start(server_ns, ip(target), 5201).expect("iperf3 server");
     let result = iperf3(
         client_ns,
