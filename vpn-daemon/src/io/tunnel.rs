@@ -316,7 +316,13 @@ impl TunnelRuntime {
         })?);
 
         let status = Arc::new(Mutex::new(TunnelRuntimeStatus {
-            state: "connecting".into(),
+            // A TLS client with a remote dials out; everyone else waits for the peer.
+            state: if tls_role == TlsRole::Client && !tunnel.remotes.is_empty() {
+                "connecting"
+            } else {
+                "waiting for peer"
+            }
+            .into(),
             ..Default::default()
         }));
         let (stop, stop_rx) = watch::channel(false);
@@ -920,7 +926,12 @@ impl ControlTask {
         }
         self.session = None;
         self.clear_keys();
-        self.set_state("connecting", Some(end.to_string()));
+        let state = if self.initiates() {
+            "connecting"
+        } else {
+            "waiting for peer"
+        };
+        self.set_state(state, Some(end.to_string()));
     }
 
     async fn shutdown(mut self) {
