@@ -40,7 +40,7 @@ use crate::proto::data::{
 use crate::proto::framing::{encode_frame, FrameDecoder};
 use crate::proto::keys::StaticKey;
 use crate::proto::options::{options_string, OccOptions, OccTransport, PeerInfo, PushOptions};
-use crate::proto::packet::peek_opcode;
+use crate::proto::packet::{peek_opcode, KeyId};
 use crate::proto::session::{
     LinkActivity, Session, SessionConfig, SessionEnd, SessionEvent, SessionMode, TlsSetup,
 };
@@ -48,6 +48,8 @@ use crate::proto::tls::{self, PeerChecks, PkiMaterial};
 use crate::proto::tls_auth::TlsAuth;
 use crate::proto::tls_crypt::TlsCrypt;
 
+/// Longest we keep sending with the old key after renegotiating (see `pending_send_key`).
+const KEY_SWITCH_GRACE: Duration = Duration::from_secs(3);
 /// How long a client waits before reconnecting after a session ended.
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 /// Largest packet we read from tun or the wire.
@@ -105,6 +107,12 @@ enum Wire {
 /// What the data-path threads share with the control task.
 struct DataPlane {
     send_key: ArcSwapOption<SendKey>,
+    /// A renegotiated key the session has activated, not yet sent with: we switch once the peer
+    /// sends on it (so it can surely decrypt it) or at `pending_deadline_ms`, whichever is first.
+    /// A 2.6 peer enables a new key only once it saw our ack of its key-method message; if that
+    /// ack is lost, switching at once would blackhole our traffic until its 2 s retransmit.
+    pending_send_key: ArcSwapOption<SendKey>,
+    pending_deadline_ms: AtomicU64,
     receive_keys: Mutex<Vec<ReceiveKey>>,
     wire: ArcSwapOption<Wire>,
     counters: Counters,
@@ -136,6 +144,21 @@ impl DataPlane {
         LinkActivity {
             last_received: at(self.last_received_ms.load(Ordering::Relaxed)),
             last_sent: at(self.last_sent_ms.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Starts sending with the pending renegotiated key once the peer used it (`used` is the key
+    /// id a packet just authenticated under) or its grace period is over (`used` None: a tick).
+    fn promote_pending_key(&self, used: Option<KeyId>) {
+        let pending = self.pending_send_key.load();
+        let Some(key) = pending.as_ref() else { return };
+        let due = match used {
+            Some(key_id) => key_id == key.key_id(),
+            None => self.millis(Instant::now()) >= self.pending_deadline_ms.load(Ordering::Relaxed),
+        };
+        if due {
+            self.send_key.store(Some(key.clone()));
+            self.pending_send_key.store(None);
         }
     }
 
@@ -171,7 +194,11 @@ impl DataPlane {
             self.counters.rx_unknown_key.fetch_add(1, Ordering::Relaxed);
             return false;
         };
-        match key.open(Instant::now(), packet) {
+        let opened = key.open(Instant::now(), packet);
+        if opened.is_ok() {
+            self.promote_pending_key(Some(key_id));
+        }
+        match opened {
             Ok(Received::Ip(payload)) => {
                 self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
                 self.counters
@@ -252,6 +279,8 @@ impl TunnelRuntime {
 
         let plane = Arc::new(DataPlane {
             send_key: ArcSwapOption::empty(),
+            pending_send_key: ArcSwapOption::empty(),
+            pending_deadline_ms: AtomicU64::new(0),
             receive_keys: Mutex::new(Vec::new()),
             wire: ArcSwapOption::empty(),
             counters: Counters::default(),
@@ -707,6 +736,7 @@ impl ControlTask {
                     }
                 }
             }
+            self.plane.promote_pending_key(None);
             if self.plane.peer_exited.swap(false, Ordering::Relaxed) && self.session.is_some() {
                 self.session = None;
                 self.on_session_end(SessionEnd::PeerExit);
@@ -830,6 +860,7 @@ impl ControlTask {
 
     fn clear_keys(&mut self) {
         self.plane.send_key.store(None);
+        self.plane.pending_send_key.store(None);
         if let Ok(mut keys) = self.plane.receive_keys.lock() {
             keys.clear();
         }
@@ -864,7 +895,18 @@ impl ControlTask {
                         keys.push(*key);
                     }
                 }
-                SessionEvent::ActivateSendKey(key) => self.plane.send_key.store(Some(key)),
+                SessionEvent::ActivateSendKey(key) => {
+                    if self.plane.send_key.load().is_none() {
+                        // The first key: nothing else to send with.
+                        self.plane.send_key.store(Some(key));
+                    } else {
+                        let deadline = self.plane.millis(Instant::now() + KEY_SWITCH_GRACE);
+                        self.plane
+                            .pending_deadline_ms
+                            .store(deadline, Ordering::Relaxed);
+                        self.plane.pending_send_key.store(Some(key));
+                    }
+                }
                 SessionEvent::RetireReceiveKey(key_id) => {
                     if let Ok(mut keys) = self.plane.receive_keys.lock() {
                         keys.retain(|existing| existing.key_id() != key_id);
