@@ -147,7 +147,7 @@ pub fn veth_pair(
     Ok(())
 }
 
-fn run_checked(command: &mut Command) -> anyhow::Result<Output> {
+pub(crate) fn run_checked(command: &mut Command) -> anyhow::Result<Output> {
     let output = command
         .output()
         .with_context(|| format!("running {command:?}"))?;

@@ -13,7 +13,7 @@ use std::{
     sync::OnceLock,
 };
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, Context as _};
 
 /// Paths of every file in a generated PKI. All PEM, except the two OpenVPN static keys.
 #[derive(Debug, Clone)]
@@ -289,17 +289,7 @@ authorityKeyIdentifier = keyid, issuer
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::netns::run_checked(command).map(drop)
 }
 
 /// Removes `vpnt-pki-<pid>` directories whose test process is gone.

@@ -1150,50 +1150,52 @@ fn udp_receive_loop(
     while !plane.stop.load(Ordering::Relaxed) {
         // One poll and one recvmmsg per wake-up: a busy link keeps the socket readable, so the
         // poll returns at once and each recvmmsg takes a whole batch.
-        {
-            match batch.recv(socket, Some(poll_interval)) {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    tracing::debug!(%error, "recvmmsg failed");
-                    continue;
+        match batch.recv(socket, Some(poll_interval)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                tracing::debug!(%error, "recvmmsg failed");
+                continue;
+            }
+        };
+        let mut keys = match plane.receive_keys.lock() {
+            Ok(keys) => keys,
+            Err(_) => return,
+        };
+        let mut any_data = false;
+        for (packet, from) in batch.iter() {
+            match peek_opcode(packet) {
+                Ok((opcode, _)) if opcode.is_data() => {
+                    // Decrypt in a scratch copy: the batch's slots are read-only here.
+                    scratch.clear();
+                    scratch.extend_from_slice(packet);
+                    any_data |= plane.receive_data(&mut keys, &mut scratch, tun);
                 }
-            };
-            let mut keys = match plane.receive_keys.lock() {
-                Ok(keys) => keys,
-                Err(_) => return,
-            };
-            let mut any_data = false;
-            for (packet, from) in batch.iter() {
-                match peek_opcode(packet) {
-                    Ok((opcode, _)) if opcode.is_data() => {
-                        // Decrypt in a scratch copy: the batch's slots are read-only here.
-                        scratch.clear();
-                        scratch.extend_from_slice(packet);
-                        any_data |= plane.receive_data(&mut keys, &mut scratch, tun);
+                Ok(_) => {
+                    if control
+                        .try_send(ControlInput::Packet {
+                            bytes: packet.to_vec(),
+                            from,
+                        })
+                        .is_err()
+                    {
+                        // The control task is behind: the peer retransmits.
+                        plane
+                            .counters
+                            .control_dropped
+                            .fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(_) => {
-                        if control
-                            .try_send(ControlInput::Packet {
-                                bytes: packet.to_vec(),
-                                from,
-                            })
-                            .is_err()
-                        {
-                            plane.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Err(_) => {
-                        plane.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
-                    }
+                }
+                Err(_) => {
+                    plane.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            drop(keys);
-            if any_data {
-                plane.mark_received();
-            }
+        }
+        drop(keys);
+        if any_data {
+            plane.mark_received();
         }
     }
 }

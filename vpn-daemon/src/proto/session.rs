@@ -570,7 +570,7 @@ impl Session {
         }
         // Client: repeat PUSH_REQUEST.
         if self.push_request_due.is_some_and(|due| now >= due) {
-            self.send_control_message(now, "PUSH_REQUEST");
+            self.send_control_message("PUSH_REQUEST");
             self.push_request_due = Some(now + PUSH_REQUEST_INTERVAL);
         }
         for index in 0..self.keys.len() {
@@ -616,7 +616,7 @@ impl Session {
             .as_ref()
             .is_some_and(|info| info.supports(iv_proto::CC_EXIT_NOTIFY));
         if cc_exit && self.established {
-            self.send_control_message(now, "EXIT");
+            self.send_control_message("EXIT");
             self.flush(now);
         }
         self.ended = true;
@@ -845,7 +845,7 @@ impl Session {
                 return;
             };
             let (message, consumed) = match parse_control_message(&key.plaintext) {
-                Ok((message, consumed)) => (message.to_owned_message(), consumed),
+                Ok((message, consumed)) => (OwnedControlMessage::from(message), consumed),
                 Err(ControlMessageError::NotPrintable { skip }) => {
                     key.plaintext.drain(..skip.min(key.plaintext.len()));
                     continue;
@@ -900,7 +900,7 @@ impl Session {
                 match negotiate_server_cipher(&self.config.ciphers, &peer_info, &peer_options) {
                     Ok(cipher) => cipher,
                     Err(error) => {
-                        self.send_control_message(now, &format!("AUTH_FAILED,{error}"));
+                        self.send_control_message(&format!("AUTH_FAILED,{error}"));
                         self.end(SessionEnd::Protocol(format!(
                             "no common data cipher: {error}"
                         )));
@@ -926,7 +926,7 @@ impl Session {
             },
             compression: self.config.compression,
         });
-        self.send_control_message(now, &reply.to_reply());
+        self.send_control_message(&reply.to_reply());
         self.maybe_install_keys(now, index);
         self.maybe_activate(now, index);
     }
@@ -1013,7 +1013,7 @@ impl Session {
                     // Key 0: the server pushes cipher and key derivation.
                     if self.push_request_due.is_none() {
                         self.keys[index].phase = KeyPhase::AwaitingPush;
-                        self.send_control_message(now, "PUSH_REQUEST");
+                        self.send_control_message("PUSH_REQUEST");
                         self.push_request_due = Some(now + PUSH_REQUEST_INTERVAL);
                     }
                     return;
@@ -1218,7 +1218,7 @@ impl Session {
         }
     }
 
-    fn send_control_message(&mut self, now: Instant, text: &str) {
+    fn send_control_message(&mut self, text: &str) {
         // Control messages go on the newest key state whose TLS is up.
         let Some(index) = self.keys.iter().position(|key| !key.tls.is_handshaking()) else {
             return;
@@ -1231,7 +1231,6 @@ impl Session {
         if let Err(error) = self.keys[index].tls.writer().write_all(&bytes) {
             tracing::warn!(%error, "cannot write a control message");
         }
-        let _ = now;
     }
 
     fn drain_tls_output(&mut self, index: usize) {
@@ -1321,16 +1320,12 @@ enum OwnedControlMessage {
     Other(String),
 }
 
-trait ToOwnedMessage {
-    fn to_owned_message(&self) -> OwnedControlMessage;
-}
-
-impl ToOwnedMessage for ControlMessage<'_> {
-    fn to_owned_message(&self) -> OwnedControlMessage {
-        match self {
+impl From<ControlMessage<'_>> for OwnedControlMessage {
+    fn from(message: ControlMessage<'_>) -> Self {
+        match message {
             ControlMessage::PushRequest => OwnedControlMessage::PushRequest,
             ControlMessage::PushReply(options) => {
-                OwnedControlMessage::PushReply((*options).to_owned())
+                OwnedControlMessage::PushReply(options.to_owned())
             }
             ControlMessage::Exit => OwnedControlMessage::Exit,
             ControlMessage::Restart(_) | ControlMessage::Halt(_) => OwnedControlMessage::Restart,
@@ -1339,7 +1334,7 @@ impl ToOwnedMessage for ControlMessage<'_> {
             }
             ControlMessage::Info(text)
             | ControlMessage::InfoPre(text)
-            | ControlMessage::Other(text) => OwnedControlMessage::Other((*text).to_owned()),
+            | ControlMessage::Other(text) => OwnedControlMessage::Other(text.to_owned()),
             ControlMessage::AuthPending(_) => OwnedControlMessage::Other("AUTH_PENDING".to_owned()),
         }
     }
