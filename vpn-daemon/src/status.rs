@@ -14,6 +14,17 @@ pub struct Status {
     pub config_summary: String,
     pub wan: WanStatus,
     pub tunnels: Vec<TunnelStatus>,
+    /// Every eBPF program's attachment and counters.
+    #[serde(default)]
+    pub fast_path: FastPathStatus,
+}
+
+/// The eBPF fast path: where each program is attached and its counters summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastPathStatus {
+    pub attached: Vec<String>,
+    /// Program name (or `links`) -> counter name (or tun device) -> value.
+    pub counters: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +67,18 @@ impl Status {
         );
         for (name, value) in &self.wan.counters {
             let _ = writeln!(out, "  {name:<16} {value}");
+        }
+        for attachment in &self.fast_path.attached {
+            let _ = writeln!(out, "ebpf {attachment}");
+        }
+        for (program, counters) in &self.fast_path.counters {
+            if program == "xdp_wan" {
+                continue; // shown under wan above
+            }
+            let _ = writeln!(out, "  {program}:");
+            for (name, value) in counters {
+                let _ = writeln!(out, "    {name:<18} {value}");
+            }
         }
         if self.tunnels.is_empty() {
             let _ = writeln!(out, "no tunnels configured");
