@@ -819,8 +819,57 @@ fn flows_spread_over_four_links_by_weight_and_a_dead_link_moves_only_its_flows()
         observed, expected,
         "only l3's flows moved, each to its predicted link"
     );
-    drop(daemon_a);
+
+    // Shutdown detaches every program and removes the pins. TCX links are not per-namespace
+    // in bpftool 7.1's view, so the LAN steering link (only A has one) is found by program
+    // name among all links; XDP shows on the interface; the tuns go with the daemon.
+    assert_eq!(
+        linked_programs("tc_lan_ingress"),
+        1,
+        "steering linked while A runs"
+    );
+    assert!(a.ip(&["link", "show", "a0"]).unwrap().contains("xdp"));
+    let mut daemon_a = daemon_a;
+    let exit = daemon_a.stop(Duration::from_secs(10)).unwrap();
+    assert!(
+        exit.success(),
+        "daemon A exit {exit}; log:\n{}",
+        daemon_a.log()
+    );
+    assert_eq!(linked_programs("tc_lan_ingress"), 0, "steering detached");
+    assert!(
+        !a.ip(&["link", "show", "a0"]).unwrap().contains("xdp"),
+        "XDP detached"
+    );
+    assert!(a.ip(&["link", "show", "vpn-l0"]).is_err(), "tun removed");
+    assert!(!Path::new("/sys/fs/bpf/e62a").exists(), "A's pins removed");
     drop(daemon_b);
+}
+
+/// How many BPF links (machine-wide) run a program named `name`.
+fn linked_programs(name: &str) -> usize {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let output = std::process::Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .expect("bpftool");
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let programs = json(&["prog", "show"]);
+    let ids: Vec<u64> = programs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|program| program["name"] == name)
+        .filter_map(|program| program["id"].as_u64())
+        .collect();
+    json(&["link", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|link| link["prog_id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .count()
 }
 
 /// tcpdump on B's side of the WAN wire, counting packets that match `filter`.
