@@ -248,14 +248,18 @@ impl Running {
             .iter()
             .map(|runtime| {
                 let status = runtime.status();
-                let peer = status
+                // Today a tunnel reports one peer; a multi-client server will list each client
+                // here, and each one must be admitted (past the handshake window) at XDP.
+                let peers = status
                     .peer
                     .as_deref()
                     .and_then(|peer| peer.parse::<SocketAddr>().ok())
-                    .map(|peer| peer.ip());
+                    .map(|peer| peer.ip())
+                    .into_iter()
+                    .collect();
                 let state = LinkState {
                     established: status.state == "established",
-                    peer,
+                    peers,
                 };
                 (runtime.name().to_owned(), state)
             })

@@ -24,8 +24,9 @@ use crate::config::{Addressing, Config, Role, Transport, Tunnel};
 pub struct LinkState {
     /// The tunnel's session is established (its status says "established").
     pub established: bool,
-    /// The peer's outer address, once known.
-    pub peer: Option<IpAddr>,
+    /// The outer addresses of the tunnel's connected peers (a server has one per client); they
+    /// are admitted at XDP while the tunnel is established.
+    pub peers: Vec<IpAddr>,
 }
 
 /// One link of a group, as the plan wants it.
@@ -86,8 +87,8 @@ pub fn plan(config: &Config, links: &BTreeMap<String, LinkState>, cpus: u32) -> 
         let Some(state) = links.get(&tunnel.name) else {
             continue;
         };
-        if let Some(peer) = state.peer.filter(|_| state.established) {
-            plan.peers.insert(peer);
+        if state.established {
+            plan.peers.extend(state.peers.iter().copied());
         }
         plan.tun_sources
             .insert(tunnel.device.clone(), allowed_sources(tunnel));
@@ -238,14 +239,14 @@ routes = ["10.2.0.0/16"]
                 "site-b".to_owned(),
                 LinkState {
                     established: true,
-                    peer: Some("192.0.2.2".parse().unwrap()),
+                    peers: vec!["192.0.2.2".parse().unwrap()],
                 },
             ),
             (
                 "clients".to_owned(),
                 LinkState {
                     established: true,
-                    peer: Some("198.51.100.7".parse().unwrap()),
+                    peers: vec!["198.51.100.7".parse().unwrap()],
                 },
             ),
         ]);
@@ -276,6 +277,13 @@ routes = ["10.2.0.0/16"]
         assert_eq!(sources("vpn-site-b"), ["10.2.0.0/16", "10.99.194.2/32"]);
         assert_eq!(sources("vpn-clients"), ["10.8.0.0/24", "192.168.7.0/24"]);
         assert!(plan.groups.is_empty() && plan.steer_routes.is_empty());
+
+        // A client that is no longer connected is no longer admitted; configured remotes stay.
+        let mut links = links;
+        links.get_mut("clients").unwrap().established = false;
+        let plan = super::plan(&config, &links, 4);
+        let peers: Vec<String> = plan.peers.iter().map(ToString::to_string).collect();
+        assert_eq!(peers, ["192.0.2.2"]);
     }
 
     #[test]
@@ -297,7 +305,7 @@ routes = ["10.2.0.0/16"]
                     format!("l{index}"),
                     LinkState {
                         established: true,
-                        peer: None,
+                        peers: Vec::new(),
                     },
                 )
             })
