@@ -66,18 +66,18 @@ impl Status {
             self.wan.interface, self.wan.xdp_mode, self.wan.pin_dir
         );
         for (name, value) in &self.wan.counters {
-            let _ = writeln!(out, "  {name:<16} {value}");
+            let _ = writeln!(out, "  {name:<22} {value}");
         }
         for attachment in &self.fast_path.attached {
             let _ = writeln!(out, "ebpf {attachment}");
         }
         for (program, counters) in &self.fast_path.counters {
-            if program == "xdp_wan" {
-                continue; // shown under wan above
+            if program == "xdp_wan" || counters.is_empty() {
+                continue; // xdp_wan is shown under wan above
             }
             let _ = writeln!(out, "  {program}:");
             for (name, value) in counters {
-                let _ = writeln!(out, "    {name:<18} {value}");
+                let _ = writeln!(out, "    {name:<20} {value}");
             }
         }
         if self.tunnels.is_empty() {
