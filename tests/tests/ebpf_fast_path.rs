@@ -638,7 +638,7 @@ fn flows_spread_over_four_links_by_weight_and_a_dead_link_moves_only_its_flows()
             ifindex: 0,
             weight: weights[slot],
             id: link_id(&link.name),
-            _pad: 0,
+            mtu: 0,
         };
         group.count += 1;
     }

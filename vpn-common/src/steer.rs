@@ -41,7 +41,9 @@ pub struct Link {
     /// Stable identity of the link (from its tunnel name), so a tun re-created with a new ifindex
     /// keeps its flows.
     pub id: u32,
-    pub _pad: u32,
+    /// The tun's MTU: a bigger packet goes to the stack instead (fragmentation or ICMP
+    /// "fragmentation needed" keep path MTU discovery working). 0 = unchecked.
+    pub mtu: u32,
 }
 const _: () = assert!(core::mem::size_of::<Link>() == 16);
 
@@ -136,15 +138,23 @@ pub enum SteerCounter {
     NoLiveLink = 2,
     /// Not IP, or an IP header cut short: passed.
     Unparsed = 3,
+    /// Bigger than the chosen link's MTU: passed to the stack, which fragments it or answers
+    /// "fragmentation needed".
+    TooBig = 4,
+    /// TTL / hop limit 1 (or the IP header not right after an Ethernet header): passed to the
+    /// stack, which answers "time exceeded" like any router.
+    ToStack = 5,
 }
 
 impl SteerCounter {
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 6;
     pub const ALL: [SteerCounter; Self::COUNT as usize] = [
         Self::Redirected,
         Self::NotSteered,
         Self::NoLiveLink,
         Self::Unparsed,
+        Self::TooBig,
+        Self::ToStack,
     ];
 
     /// Stable name used in `vpn-daemon status` and its JSON.
@@ -154,6 +164,8 @@ impl SteerCounter {
             Self::NotSteered => "not_steered",
             Self::NoLiveLink => "no_live_link",
             Self::Unparsed => "unparsed",
+            Self::TooBig => "too_big_to_stack",
+            Self::ToStack => "ttl_to_stack",
         }
     }
 }
@@ -189,7 +201,7 @@ mod tests {
                 ifindex: 100 + id,
                 weight,
                 id,
-                _pad: 0,
+                mtu: 0,
             };
         }
         group

@@ -328,7 +328,7 @@ fn tc_lan_ingress_steers_flows_by_rendezvous_hash() {
             ifindex: 21 + slot as u32,
             weight,
             id: link_id(name),
-            _pad: 0,
+            mtu: 1000,
         };
         group.count += 1;
     }
@@ -482,6 +482,24 @@ fn tc_lan_ingress_steers_flows_by_rendezvous_hash() {
             TC_ACT_OK,
         ),
         ("arp", arp(), Unparsed, TC_ACT_OK),
+        (
+            "bigger than the link mtu",
+            ipv4("10.1.0.5", "10.2.0.1", IPPROTO_UDP, 0, &[0; 1000]),
+            TooBig,
+            TC_ACT_OK,
+        ),
+        (
+            "ttl 1",
+            with_ttl(ipv4("10.1.0.5", "10.2.0.1", IPPROTO_UDP, 0, &udp), 1),
+            ToStack,
+            TC_ACT_OK,
+        ),
+        (
+            "ipv6 hop limit 1",
+            with_ttl(ipv6("fd01::5", "fd02::9", IPPROTO_UDP, &udp), 1),
+            ToStack,
+            TC_ACT_OK,
+        ),
     ];
     for (name, frame, expected, verdict) in cases {
         check(
@@ -492,6 +510,66 @@ fn tc_lan_ingress_steers_flows_by_rendezvous_hash() {
             (name, frame, 1, expected as usize, verdict),
         );
     }
+
+    // A redirected packet leaves with its TTL one lower and a still valid header checksum (an
+    // incremental update: checked by summing the header), its IPv6 hop limit one lower.
+    let frame = with_checksum(ipv4("10.1.0.5", "10.2.0.1", IPPROTO_UDP, 0, &udp));
+    let (verdict, out) = run_out(&ebpf, TC_STEER_PROGRAM, &frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out[14 + 8], 63, "ttl decremented");
+    assert_eq!(header_sum(&out[14..34]), 0xffff, "checksum still valid");
+    assert_eq!(out[..22], frame[..22], "nothing before the ttl changed");
+    assert_eq!(out[23], frame[23], "protocol unchanged");
+    assert_eq!(out[26..], frame[26..], "nothing after the checksum changed");
+    let frame = ipv6("fd01::5", "fd02::9", IPPROTO_UDP, &udp);
+    let (verdict, out) = run_out(&ebpf, TC_STEER_PROGRAM, &frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out[14 + 7], 63, "hop limit decremented");
+}
+
+fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+    let offset = if frame[12..14] == [0x86, 0xdd] {
+        14 + 7
+    } else {
+        14 + 8
+    };
+    frame[offset] = ttl;
+    frame
+}
+
+/// The ones'-complement sum of an IPv4 header (0xffff when its checksum is right).
+fn header_sum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+fn with_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let checksum = !header_sum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&checksum.to_be_bytes());
+    assert_eq!(header_sum(&frame[14..34]), 0xffff);
+    frame
+}
+
+/// Runs `program` on `frame` and returns the verdict and the packet as the program left it.
+fn run_out(ebpf: &Ebpf, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 64];
+    let program: &SchedClassifier = ebpf.program(program).unwrap().try_into().unwrap();
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .unwrap();
+    out.truncate(frame.len());
+    (result.return_value, out)
 }
 
 #[test]

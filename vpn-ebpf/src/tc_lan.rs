@@ -21,7 +21,7 @@ use vpn_common::{
 
 use crate::{
     maps::{count, LINK_GROUPS, LINK_PACKETS, STEER_COUNTERS, STEER_ROUTES},
-    packet::{load_net, parse_ip},
+    packet::{load_net, parse_ip, IpHeader, ETH_HDR_LEN},
 };
 
 #[classifier]
@@ -39,6 +39,41 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
         u32::from_be_bytes([addr[8], addr[9], addr[10], addr[11]]),
         u32::from_be_bytes([addr[12], addr[13], addr[14], addr[15]]),
     ]
+}
+
+/// Decrements the IPv4 TTL (fixing the header checksum) or the IPv6 hop limit. `false` when the
+/// limit is 1 or less, or when the IP header is not right after an Ethernet header (say, a VLAN
+/// tag in the data), so the writes would land elsewhere.
+#[inline(always)]
+fn decrement_hop_limit(ctx: &TcContext, header: &IpHeader) -> bool {
+    if header.ipv6 {
+        let Ok(fixed) = ctx.load::<[u8; 8]>(ETH_HDR_LEN) else {
+            return false;
+        };
+        let Some(relative) = load_net::<[u8; 8]>(ctx, 0) else {
+            return false;
+        };
+        if fixed != relative || fixed[7] <= 1 {
+            return false;
+        }
+        return ctx.store(ETH_HDR_LEN + 7, &(fixed[7] - 1), 0).is_ok();
+    }
+    let Ok(fixed) = ctx.load::<[u8; 20]>(ETH_HDR_LEN) else {
+        return false;
+    };
+    let Some(relative) = load_net::<[u8; 20]>(ctx, 0) else {
+        return false;
+    };
+    let (ttl, protocol) = (fixed[8], fixed[9]);
+    if fixed != relative || ttl <= 1 {
+        return false;
+    }
+    // The checksum covers TTL and protocol as one 16-bit word; the helper wants the old and new
+    // words as they sit in the packet (network order).
+    let old = u16::from_be_bytes([ttl, protocol]).to_be() as u64;
+    let new = u16::from_be_bytes([ttl - 1, protocol]).to_be() as u64;
+    ctx.store(ETH_HDR_LEN + 8, &(ttl - 1), 0).is_ok()
+        && ctx.l3_csum_replace(ETH_HDR_LEN + 10, old, new, 2).is_ok()
 }
 
 #[inline(always)]
@@ -70,7 +105,16 @@ fn steer(ctx: &TcContext) -> (SteerCounter, i32) {
     };
     // The verifier needs the slot bounded by the array, whatever LLVM proved.
     let slot = core::hint::black_box(slot) & (MAX_LINKS - 1);
-    let ifindex = group.links[slot].ifindex;
+    let link = &group.links[slot];
+    let ifindex = link.ifindex;
+    // Redirecting bypasses IP forwarding, so do what a router must here, or leave the packet to
+    // the stack (which then routes it through the kernel route and answers with ICMP).
+    if link.mtu != 0 && ctx.len() > link.mtu + ETH_HDR_LEN as u32 {
+        return (SteerCounter::TooBig, TC_ACT_OK);
+    }
+    if !decrement_hop_limit(ctx, &header) {
+        return (SteerCounter::ToStack, TC_ACT_OK);
+    }
     if let Some(packets) = LINK_PACKETS.get_ptr_mut(ifindex) {
         // SAFETY: a per-CPU value: only this CPU writes it while the program runs.
         unsafe { *packets += 1 };

@@ -381,7 +381,7 @@ impl WanFilter {
                     ifindex,
                     weight: link.weight,
                     id: link.id,
-                    _pad: 0,
+                    mtu: link.mtu,
                 };
                 group.count += 1;
             }

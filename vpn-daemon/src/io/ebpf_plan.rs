@@ -37,6 +37,8 @@ pub struct PlannedLink {
     pub weight: u32,
     /// Stable rendezvous identity, from the tunnel name.
     pub id: u32,
+    /// The tunnel MTU: bigger packets are left to the stack.
+    pub mtu: u32,
 }
 
 /// Everything the eBPF maps should hold.
@@ -112,6 +114,7 @@ pub fn plan(config: &Config, links: &BTreeMap<String, LinkState>, cpus: u32) -> 
                     device: tunnel.device.clone(),
                     weight: tunnel.fast_path.weight,
                     id: link_id(&tunnel.name),
+                    mtu: u32::from(tunnel.mtu),
                 });
             }
         }
