@@ -223,22 +223,35 @@ impl WanFilter {
         Ok(())
     }
 
-    /// Makes every map and tun attachment match `plan`. Stops at the first kernel error; the
-    /// next call retries what is still different.
+    /// Makes every map and tun attachment match `plan`. A failing step does not hold up the
+    /// others (a tun that cannot be policed must not freeze the live-link map); the first error
+    /// is returned and the next call retries what is still different.
     pub fn apply(&mut self, plan: &FastPathPlan) -> anyhow::Result<()> {
-        self.sync_tunnel_ports(&plan.tunnel_ports)?;
-        if self.admission != Some(plan.admission) {
+        let mut first_error: Option<anyhow::Error> = None;
+        let mut note = |result: anyhow::Result<()>| {
+            if let Err(error) = result {
+                first_error.get_or_insert(error);
+            }
+        };
+        note(self.sync_tunnel_ports(&plan.tunnel_ports));
+        note(self.sync_admission(plan.admission));
+        note(self.sync_peers(&plan.peers));
+        note(self.sync_protected(&plan.protected));
+        let (ifindexes, attached) = self.sync_tun_attachments(plan);
+        note(attached);
+        note(self.sync_steering(plan, &ifindexes));
+        note(self.sync_tun_prefixes(plan, &ifindexes));
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn sync_admission(&mut self, admission: AdmissionConfig) -> anyhow::Result<()> {
+        if self.admission != Some(admission) {
             let mut map: Array<&mut MapData, AdmissionConfig> =
                 Array::try_from(map_mut(&mut self.ebpf, ADMISSION_CONFIG_MAP)?)?;
-            map.set(0, plan.admission, 0)
+            map.set(0, admission, 0)
                 .context("writing the admission config")?;
-            self.admission = Some(plan.admission);
+            self.admission = Some(admission);
         }
-        self.sync_peers(&plan.peers)?;
-        self.sync_protected(&plan.protected)?;
-        let ifindexes = self.sync_tun_attachments(plan)?;
-        self.sync_tun_prefixes(plan, &ifindexes)?;
-        self.sync_steering(plan, &ifindexes)?;
         Ok(())
     }
 
@@ -291,8 +304,9 @@ impl WanFilter {
     fn sync_tun_attachments(
         &mut self,
         plan: &FastPathPlan,
-    ) -> anyhow::Result<BTreeMap<String, u32>> {
+    ) -> (BTreeMap<String, u32>, anyhow::Result<()>) {
         let mut ifindexes = BTreeMap::new();
+        let mut result = Ok(());
         let devices: BTreeSet<&String> = plan
             .tun_sources
             .keys()
@@ -314,7 +328,9 @@ impl WanFilter {
         for device in stale {
             if let Some((_, link)) = self.tun_links.remove(&device) {
                 // The device may be gone already, taking the attachment with it.
-                let _ = tc_program(&mut self.ebpf, TC_TUN_PROGRAM)?.detach(link);
+                if let Ok(program) = tc_program(&mut self.ebpf, TC_TUN_PROGRAM) {
+                    let _ = program.detach(link);
+                }
             }
         }
         for device in plan.tun_sources.keys() {
@@ -324,13 +340,22 @@ impl WanFilter {
             if self.tun_links.contains_key(device) {
                 continue;
             }
-            let link = tc_program(&mut self.ebpf, TC_TUN_PROGRAM)?
-                .attach(device, TcAttachType::Ingress)
-                .with_context(|| format!("attaching source policing to {device} ingress"))?;
-            tracing::info!(device, ifindex, "source policing attached to tun ingress");
-            self.tun_links.insert(device.clone(), (ifindex, link));
+            let attached = tc_program(&mut self.ebpf, TC_TUN_PROGRAM).and_then(|program| {
+                program
+                    .attach(device, TcAttachType::Ingress)
+                    .with_context(|| format!("attaching source policing to {device} ingress"))
+            });
+            match attached {
+                Ok(link) => {
+                    tracing::info!(device, ifindex, "source policing attached to tun ingress");
+                    self.tun_links.insert(device.clone(), (ifindex, link));
+                }
+                Err(error) => {
+                    result = result.and(Err(error));
+                }
+            }
         }
-        Ok(ifindexes)
+        (ifindexes, result)
     }
 
     fn sync_tun_prefixes(
