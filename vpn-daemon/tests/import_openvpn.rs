@@ -161,7 +161,6 @@ fn unsupported_options_are_all_reported_and_nothing_is_printed() {
 }
 
 #[test]
-#[ignore = "needs the server schema keys (server_address, push, ...) from wip/server; un-ignored once merged"]
 fn classic_server_with_push_ccd_and_keepalive() {
     let toml = import_ok("server-classic.conf", &["--wan", "eth0", "--node", "hq"]);
     assert_golden("server-classic.toml", &toml, &[(&dir_string(), "@DIR@")]);
@@ -172,7 +171,6 @@ fn classic_server_with_push_ccd_and_keepalive() {
 }
 
 #[test]
-#[ignore = "needs the server schema keys (server_address, push, ...) from wip/server; un-ignored once merged"]
 fn mode_server_long_form_over_tcp() {
     let toml = import_ok("server-manual.conf", &["--wan", "eth0", "--node", "legacy"]);
     assert_golden("server-manual.toml", &toml, &[(&dir_string(), "@DIR@")]);

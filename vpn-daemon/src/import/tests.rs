@@ -495,3 +495,74 @@ fn options_name_the_node_tunnel_and_interfaces() {
         .iter()
         .any(|note| note.contains("placeholder")));
 }
+
+#[test]
+fn ccd_files_are_checked_with_the_shared_parser_and_all_reported() {
+    let ccd = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ccd.path().join("alice"),
+        "ifconfig-push 10.8.0.10 255.255.255.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ccd.path().join("bob"),
+        "# bob\niroute 10.20.0.0 255.255.255.0\nredirect-gateway\n",
+    )
+    .unwrap();
+    std::fs::write(ccd.path().join("carol"), "iroute 10.30.0.1 255.255.255.0\n").unwrap();
+    std::fs::write(ccd.path().join(".hidden"), "garbage\n").unwrap();
+    let options = ImportOptions {
+        ccd_dir: Some(ccd.path().to_path_buf()),
+        ..ImportOptions::default()
+    };
+    let text =
+        format!("server 10.8.0.0 255.255.255.0\nclient-config-dir /nonexistent\n{PKI_SERVER}");
+    let errors = import_with(&text, &options).unwrap_err();
+    let located: Vec<(PathBuf, Option<usize>)> = errors
+        .iter()
+        .map(|error| (error.file.clone(), error.line))
+        .collect();
+    assert_eq!(
+        located,
+        [
+            (ccd.path().join("bob"), Some(3)),
+            (ccd.path().join("carol"), Some(1))
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].to_string().contains("redirect-gateway"),
+        "{}",
+        errors[0]
+    );
+
+    // Without --ccd the config's own directory is used, and a missing one is an error there.
+    let errors = import_with(&text, &ImportOptions::default()).unwrap_err();
+    assert_eq!(
+        (errors[0].line, errors[0].option.as_deref()),
+        (Some(2), Some("client-config-dir"))
+    );
+
+    // The good files alone pass, and --ccd wins over the config's path.
+    std::fs::remove_file(ccd.path().join("bob")).unwrap();
+    std::fs::remove_file(ccd.path().join("carol")).unwrap();
+    let plan = import_with(&text, &options).unwrap();
+    assert_eq!(
+        plan.server.as_ref().unwrap().client_config_dir.as_deref(),
+        Some(ccd.path())
+    );
+
+    let client = problems_with(&format!("client\nremote 192.0.2.1\n{PKI_CLIENT}"), &options);
+    assert_eq!(client[0].1, "--ccd");
+}
+
+fn problems_with(text: &str, options: &ImportOptions) -> Vec<(Option<usize>, String, String)> {
+    import_with(text, options)
+        .unwrap_err()
+        .into_iter()
+        .map(|error| {
+            let shown = error.to_string();
+            (error.line, error.option.unwrap_or_default(), shown)
+        })
+        .collect()
+}

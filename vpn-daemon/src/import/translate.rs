@@ -311,8 +311,15 @@ pub(super) fn translate(
     match plan {
         Some(plan) if diagnostics.is_empty() => Ok(plan),
         _ => {
-            // Missing-option problems (no line) last; otherwise file order.
-            diagnostics.sort_by_key(|diagnostic| diagnostic.line.unwrap_or(usize::MAX));
+            // The config's problems in line order (missing options last), then the ccd files'
+            // in the order found (by file name, then line).
+            diagnostics.sort_by_key(|diagnostic| {
+                if diagnostic.file == file {
+                    (0, diagnostic.line.unwrap_or(usize::MAX))
+                } else {
+                    (1, 0)
+                }
+            });
             Err(diagnostics)
         }
     }
@@ -983,8 +990,9 @@ impl Translator<'_> {
         let role = self.role()?;
         let transport = self.transport(role);
         let mut plan_routes = Vec::new();
+        let keepalive = self.keepalive(role);
         let server = if role == Role::Server {
-            self.server_plan(&mut plan_routes)
+            self.server_plan(&mut plan_routes, keepalive.is_some())
         } else {
             self.reject_server_options(role);
             None
@@ -1017,7 +1025,6 @@ impl Translator<'_> {
                 "tls-auth and tls-crypt cannot be used together",
             );
         }
-        let keepalive = self.keepalive(role);
         let device = self.device();
         let ca = self.required("ca", self.settings.ca.clone());
         let cert = self.required("cert", self.settings.cert.clone());
@@ -1036,7 +1043,11 @@ impl Translator<'_> {
         Some(Plan {
             source: self.file.to_path_buf(),
             base_dir: self.settings.base_dir.clone(),
-            ignored: std::mem::take(&mut self.ignored),
+            ignored: {
+                let mut ignored = std::mem::take(&mut self.ignored);
+                ignored.sort_by_key(|(line, _, _)| *line);
+                ignored
+            },
             notes: std::mem::take(&mut self.notes),
             node,
             wan,
@@ -1307,7 +1318,46 @@ impl Translator<'_> {
         })
     }
 
+    /// The last `push "NAME SECONDS"` of a server config.
+    fn pushed_seconds(&self, name: &str) -> Option<u64> {
+        self.settings.push.iter().rev().find_map(|at| {
+            match split_line(&at.value).ok()?.as_slice() {
+                [option, seconds] if option == name => seconds.parse().ok(),
+                _ => None,
+            }
+        })
+    }
+
     fn keepalive(&mut self, role: Role) -> Option<(u64, u64)> {
+        // A mode-server config spells `keepalive A B` out as `push "ping A"`,
+        // `push "ping-restart B"` and its own ping/ping-restart (OpenVPN doubles the server's
+        // timeout). The pushed pair is what `keepalive` means.
+        if role == Role::Server && self.settings.keepalive.is_none() {
+            if let (Some(ping), Some(restart)) = (
+                self.pushed_seconds("ping"),
+                self.pushed_seconds("ping-restart"),
+            ) {
+                if ping > 0 && restart > ping {
+                    self.notes.push(format!(
+                        "keepalive {ping} {restart} from the pushed ping and ping-restart (what OpenVPN's `keepalive {ping} {restart}` pushes)"
+                    ));
+                    let local: Vec<(usize, &str)> = [
+                        self.settings.ping.as_ref().map(|at| (at.line, "ping")),
+                        self.settings
+                            .ping_restart
+                            .as_ref()
+                            .map(|at| (at.line, "ping-restart")),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                    for (line, option) in local {
+                        self.ignore(line, option, "the server's own liveness timer; the daemon takes its timers from keepalive");
+                    }
+                    return Some((ping, restart));
+                }
+            }
+        }
         let s = &self.settings;
         let keepalive = match (&s.keepalive, &s.ping, &s.ping_restart) {
             (Some(at), _, _) => Some(at.value),
@@ -1465,7 +1515,7 @@ impl Translator<'_> {
         }
     }
 
-    fn server_plan(&mut self, routes: &mut Vec<IpNet>) -> Option<ServerPlan> {
+    fn server_plan(&mut self, routes: &mut Vec<IpNet>, keepalive_set: bool) -> Option<ServerPlan> {
         let topology = match &self.settings.topology {
             Some(at) => at.value,
             None => {
@@ -1585,7 +1635,7 @@ impl Translator<'_> {
         }
         let server_address_value = server_address
             .unwrap_or_else(|| Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1)));
-        let (push_routes, push) = self.pushes(topology, server_address_value);
+        let (push_routes, push) = self.pushes(topology, server_address_value, keepalive_set);
         let client_config_dir = match (&self.options.ccd_dir, &self.settings.client_config_dir) {
             (Some(dir), _) => Some(std::path::absolute(dir).unwrap_or_else(|_| dir.clone())),
             (None, Some(at)) => Some(at.value.clone()),
@@ -1634,11 +1684,10 @@ impl Translator<'_> {
         &mut self,
         topology: Topology,
         server_address: Ipv4Addr,
+        keepalive_set: bool,
     ) -> (Vec<Ipv4Net>, Vec<String>) {
         let mut routes = Vec::new();
         let mut verbatim = Vec::new();
-        let keepalive_set = self.settings.keepalive.is_some()
-            || (self.settings.ping.is_some() && self.settings.ping_restart.is_some());
         for at in self.settings.push.clone() {
             let line = at.line;
             // What OpenVPN's own parser cannot split is pushed as written: the server does not
@@ -1687,8 +1736,9 @@ enum CcdProblem {
     File(Diagnostic),
 }
 
-/// Checks the client-config-dir: readable, and every file in it (named by a client's common
-/// name; dot files are skipped, as no certificate CN starts with a dot in practice) readable.
+/// Checks the client-config-dir with the daemon's own ccd parser
+/// ([`crate::config::ccd::read_client_config`]): every file in it (named by a client's common
+/// name; dot files are skipped, as `check-config` does) and every problem, not just the first.
 fn check_ccd_dir(dir: &Path) -> Vec<CcdProblem> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -1700,27 +1750,25 @@ fn check_ccd_dir(dir: &Path) -> Vec<CcdProblem> {
             ))]
         }
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            path.file_name()
-                .is_some_and(|name| !name.to_string_lossy().starts_with('.'))
-                && path.is_file()
-        })
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_file()))
+        .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+        .filter(|name| !name.starts_with('.'))
         .collect();
-    files.sort();
-    let mut problems = Vec::new();
-    for file in files {
-        if let Err(reason) = super::read_text(&file) {
-            problems.push(CcdProblem::File(Diagnostic {
-                file,
-                line: None,
+    names.sort();
+    names
+        .iter()
+        .filter_map(|name| crate::config::ccd::read_client_config(dir, name).err())
+        .map(|error| {
+            CcdProblem::File(Diagnostic {
+                file: error.file,
+                line: Some(error.line),
                 option: None,
-                reason: format!("cannot read: {reason}"),
-            }));
-        }
-    }
-    problems
+                reason: error.reason,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
