@@ -3,7 +3,8 @@
 //!
 //! Layout: `tokenize` splits the file like OpenVPN does (quotes, comments, inline `<tag>` blocks),
 //! `table` says what happens to each option (translated, ignored with a reason, or refused),
-//! `translate` collects the options and decides the tunnel, `render` writes the TOML text.
+//! `translate` collects the options and decides the tunnel into a `plan`, `render` writes the
+//! TOML text.
 //!
 //! Semantics follow OpenVPN 2.6: `topology` defaults to `net30`, later options override earlier
 //! ones (`remote`, `route` and `push` accumulate), relative paths resolve against `cd DIR` if the
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError};
 
+mod plan;
+mod read;
 mod render;
 mod table;
 mod tokenize;

@@ -3,7 +3,7 @@
 //! that any path or pushed option round-trips.
 use std::fmt::Write as _;
 
-use super::translate::Plan;
+use super::plan::Plan;
 use crate::config::{Compress, Role, Topology};
 
 /// A TOML basic string.

@@ -2,8 +2,9 @@
 //! `../../examples/pki/`, as if they lived in `vpn-daemon/tests/import/`.
 use std::path::{Path, PathBuf};
 
+use super::plan::Plan;
 use super::render::render;
-use super::translate::{translate, Plan};
+use super::translate::translate;
 use super::{Diagnostic, ImportOptions};
 use crate::config::{Compress, Role, Topology, Transport};
 
