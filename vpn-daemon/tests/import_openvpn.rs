@@ -190,3 +190,17 @@ fn missing_file_is_an_error() {
         "no-such.conf: cannot read: No such file or directory\n"
     );
 }
+
+#[test]
+fn output_that_check_config_refuses_is_not_printed() {
+    // An invalid node name only shows when the generated TOML is checked.
+    let output = vpn_daemon(&["import-openvpn", "p2p-site.conf", "--node", "Bad Name"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("p2p-site.conf: the generated config does not pass check-config: line "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("node name"), "{stderr}");
+}

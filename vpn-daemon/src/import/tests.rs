@@ -567,3 +567,95 @@ fn problems_with(text: &str, options: &ImportOptions) -> Vec<(Option<usize>, Str
         })
         .collect()
 }
+
+#[test]
+fn cd_and_double_dash_follow_openvpn() {
+    let plan = import(
+        "--client\n--remote 192.0.2.1\ncd ../../examples\nca pki/ca.crt\ncert pki/site-b.crt\nkey pki/site-b.key\n",
+    );
+    let expected =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import/../../examples/pki/ca.crt");
+    assert_eq!(plan.ca.path(), expected);
+    assert_eq!(plan.role, Role::Client);
+}
+
+mod no_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Lines built from real option names with arbitrary arguments, plus raw noise.
+    fn line() -> impl Strategy<Value = String> {
+        let names = prop::sample::select(vec![
+            "server",
+            "mode",
+            "ifconfig",
+            "ifconfig-pool",
+            "route",
+            "route-ipv6",
+            "push",
+            "remote",
+            "proto",
+            "port",
+            "local",
+            "dev",
+            "keepalive",
+            "ping",
+            "ping-restart",
+            "tls-auth",
+            "key-direction",
+            "auth",
+            "data-ciphers",
+            "compress",
+            "comp-lzo",
+            "topology",
+            "client",
+            "tls-server",
+            "tls-client",
+            "verify-x509-name",
+            "reneg-sec",
+            "tun-mtu",
+            "max-clients",
+            "<ca>",
+            "</ca>",
+            "#",
+            "\"",
+            "'",
+        ]);
+        let args = prop::collection::vec(
+            prop_oneof![
+                Just("10.8.0.0".to_owned()),
+                Just("255.255.255.0".to_owned()),
+                Just("\"route 10.1.0.0 255.255.0.0\"".to_owned()),
+                "[0-9.]{0,15}",
+                "[ -~]{0,12}",
+            ],
+            0..4,
+        );
+        prop_oneof![
+            (names, args).prop_map(|(name, args)| format!("{name} {}", args.join(" "))),
+            "[ -~\t]{0,40}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn translate_never_panics(
+            valid_start in any::<bool>(),
+            lines in prop::collection::vec(line(), 0..25),
+        ) {
+            // Half the cases start from a valid client, so that some of them translate.
+            let start = if valid_start {
+                format!("client\nremote 192.0.2.1\n{PKI_CLIENT}")
+            } else {
+                String::new()
+            };
+            let text = format!("{start}{}", lines.join("\n"));
+            if let Ok(plan) = import_with(&text, &ImportOptions::default()) {
+                // Whatever translates also renders to TOML that parses.
+                let rendered = render(&plan);
+                prop_assert!(toml::from_str::<toml::Value>(&rendered).is_ok(), "{}", rendered);
+            }
+        }
+    }
+}
