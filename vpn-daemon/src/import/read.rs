@@ -99,6 +99,8 @@ pub(super) struct Settings {
     pub data_ciphers: Option<At<Vec<Cipher>>>,
     pub remotes: Vec<At<RemoteSetting>>,
     pub proto: Option<At<(Proto, Option<bool>)>>,
+    /// `nobind`: a client binds no fixed port even if `lport`/`local` say one.
+    pub nobind: bool,
     pub port: Option<u16>,
     pub lport: Option<u16>,
     pub rport: Option<u16>,
@@ -271,11 +273,14 @@ impl Translator<'_> {
             "tls-client" if flag(self, 0) => self.settings.tls_client = Some(line),
             "client" if flag(self, 0) => self.settings.client = Some(line),
             "pull" if flag(self, 0) => self.settings.pull = Some(line),
-            "nobind" if flag(self, 0) => self.ignore(
-                line,
-                "nobind",
-                "a client binds an ephemeral port unless `local`/`lport` is given",
-            ),
+            "nobind" if flag(self, 0) => {
+                self.settings.nobind = true;
+                self.ignore(
+                    line,
+                    "nobind",
+                    "a client binds an ephemeral port unless `local`/`lport` is given",
+                );
+            }
             "ifconfig" => {
                 let [first, second] = args.as_slice() else {
                     return Err("takes LOCAL REMOTE|NETMASK".to_owned());

@@ -247,6 +247,14 @@ fn client_remotes_ports_and_protocols() {
             "[2001:db8::1]:1300".parse().unwrap()
         ]
     );
+    let bound = import(&format!(
+        "client\nlport 5000\nremote 192.0.2.10\n{PKI_CLIENT}"
+    ));
+    assert_eq!(bound.local, Some("0.0.0.0:5000".parse().unwrap()));
+    let unbound = import(&format!(
+        "client\nlport 5000\nnobind\nremote 192.0.2.10\n{PKI_CLIENT}"
+    ));
+    assert_eq!(unbound.local, None, "nobind wins, as in OpenVPN");
     let tcp = import(&format!(
         "client\nproto tcp\nremote 192.0.2.10 443\n{PKI_CLIENT}"
     ));

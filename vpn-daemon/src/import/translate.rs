@@ -347,7 +347,7 @@ impl Translator<'_> {
             Role::Server | Role::P2p => {
                 Some(SocketAddr::new(local_ip.unwrap_or(unspecified), local_port))
             }
-            Role::Client if local_ip.is_some() || s.lport.is_some() => {
+            Role::Client if !s.nobind && (local_ip.is_some() || s.lport.is_some()) => {
                 Some(SocketAddr::new(local_ip.unwrap_or(unspecified), local_port))
             }
             Role::Client => None,
