@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod ccd;
 mod error;
 mod files;
 mod raw;
@@ -61,7 +62,19 @@ impl Config {
     /// Validates `text` as if read from `path`; relative paths in the file resolve against the
     /// directory of `path`, and the files they name are checked.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        validate::config(text, path).map_err(|problem| problem.locate(text, path))
+        let config = validate::config(text, path).map_err(|problem| problem.locate(text, path))?;
+        // Every client config file is parsed now, so that a broken one stops start-up (or a
+        // reload) with its own file and line instead of refusing that client later.
+        for tunnel in &config.tunnels {
+            if let Addressing::Server {
+                client_config_dir: Some(dir),
+                ..
+            } = &tunnel.addressing
+            {
+                ccd::check_client_config_dir(dir)?;
+            }
+        }
+        Ok(config)
     }
 
     /// Like [`Config::parse`] for raw file contents, which may not be UTF-8.
@@ -407,9 +420,36 @@ pub enum Addressing {
         topology: Topology,
         /// Routes pushed to clients.
         push_routes: Vec<ipnet::Ipv4Net>,
+        /// The server's own tunnel address (OpenVPN `ifconfig` under `mode server`); default the
+        /// first host of `subnet`.
+        server_address: Ipv4Addr,
+        /// Where pooled client addresses come from (OpenVPN `ifconfig-pool`); the server address
+        /// is never handed out even if it lies inside.
+        pool: IfconfigPool,
+        /// Options pushed verbatim after the routes (OpenVPN `push "..."` other than `route`).
+        push: Vec<String>,
+        /// Whether clients reach each other through the server (OpenVPN `client-to-client`).
+        client_to_client: bool,
+        /// Whether several clients may share a certificate common name (OpenVPN `duplicate-cn`);
+        /// when false a new connection replaces the old one with the same name.
+        duplicate_cn: bool,
+        /// Per-client files named by common name, in OpenVPN ccd syntax (see [`ccd`]); resolved
+        /// against the config file's directory. Read when a client connects.
+        client_config_dir: Option<PathBuf>,
+        /// Most clients connected at once (OpenVPN `max-clients`), 1..=65535.
+        max_clients: u16,
     },
     /// The address comes from the server's push.
     Client,
+}
+
+/// An inclusive range of IPv4 addresses handed out to clients (OpenVPN `ifconfig-pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct IfconfigPool {
+    /// First address of the pool.
+    pub start: Ipv4Addr,
+    /// Last address of the pool (inclusive).
+    pub end: Ipv4Addr,
 }
 
 /// OpenVPN `topology` for a server.

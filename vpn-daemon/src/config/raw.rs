@@ -92,10 +92,24 @@ pub(super) struct RawTunnel {
     pub server: Option<Spanned<String>>,
     pub topology: Option<Spanned<Topology>>,
     pub push_routes: Option<Spanned<Vec<Spanned<String>>>>,
+    pub server_address: Option<Spanned<String>>,
+    pub ifconfig_pool: Option<Spanned<RawIfconfigPool>>,
+    pub push: Option<Spanned<Vec<Spanned<String>>>>,
+    pub client_to_client: Option<Spanned<bool>>,
+    pub duplicate_cn: Option<Spanned<bool>>,
+    pub client_config_dir: Option<Spanned<String>>,
+    pub max_clients: Option<Spanned<i64>>,
     // eBPF fast path (issue 5)
     pub link_group: Option<Spanned<String>>,
     pub weight: Option<Spanned<i64>>,
     pub allowed_sources: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIfconfigPool {
+    pub start: Spanned<String>,
+    pub end: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

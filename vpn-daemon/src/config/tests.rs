@@ -165,6 +165,16 @@ fn site_a_example_parses_with_the_documented_values() {
                 "10.1.0.0/16".parse().unwrap(),
                 "10.2.0.0/16".parse().unwrap()
             ],
+            server_address: Ipv4Addr::new(10, 8, 0, 1),
+            pool: IfconfigPool {
+                start: Ipv4Addr::new(10, 8, 0, 2),
+                end: Ipv4Addr::new(10, 8, 0, 253),
+            },
+            push: vec!["dhcp-option DNS 10.8.0.1".to_owned()],
+            client_to_client: false,
+            duplicate_cn: false,
+            client_config_dir: Some(examples_dir().join("ccd")),
+            max_clients: 1024,
         }
     );
     assert_eq!(
@@ -814,4 +824,322 @@ fn fast_path_errors_point_at_the_value() {
         1,
         "unknown field `protected`",
     );
+}
+
+/// A server tunnel after [`BASE`]: lines 10-14, so appended keys land on line 15.
+fn server_tunnel(extra: &str) -> String {
+    format!(
+        "{BASE}[[tunnel]]\nname = \"s\"\nrole = \"server\"\nlocal = \"0.0.0.0:1194\"\nserver = \"10.8.0.0/24\"\n{extra}"
+    )
+}
+
+fn server_addressing(text: &str) -> Addressing {
+    let config = parse(text).unwrap_or_else(|error| panic!("{error}"));
+    config.tunnels[0].addressing.clone()
+}
+
+#[test]
+fn server_defaults_follow_openvpn_server_helper() {
+    let Addressing::Server {
+        server_address,
+        pool,
+        push,
+        client_to_client,
+        duplicate_cn,
+        client_config_dir,
+        max_clients,
+        ..
+    } = server_addressing(&server_tunnel(""))
+    else {
+        panic!("not a server");
+    };
+    assert_eq!(server_address, Ipv4Addr::new(10, 8, 0, 1));
+    // helper.c: topology subnet pools .2 up to broadcast - 2.
+    assert_eq!(
+        pool,
+        IfconfigPool {
+            start: Ipv4Addr::new(10, 8, 0, 2),
+            end: Ipv4Addr::new(10, 8, 0, 253)
+        }
+    );
+    assert!(push.is_empty());
+    assert!(!client_to_client && !duplicate_cn);
+    assert_eq!(client_config_dir, None);
+    assert_eq!(max_clients, 1024);
+
+    // net30: .4 up to broadcast - 4; a /29 keeps everything up to the broadcast address.
+    let Addressing::Server { pool, .. } =
+        server_addressing(&server_tunnel("topology = \"net30\"\n"))
+    else {
+        panic!("not a server");
+    };
+    assert_eq!(
+        (pool.start, pool.end),
+        (Ipv4Addr::new(10, 8, 0, 4), Ipv4Addr::new(10, 8, 0, 251))
+    );
+    let text = server_tunnel("topology = \"net30\"\n").replace("10.8.0.0/24", "10.8.0.0/29");
+    let Addressing::Server { pool, .. } = server_addressing(&text) else {
+        panic!("not a server");
+    };
+    assert_eq!(
+        (pool.start, pool.end),
+        (Ipv4Addr::new(10, 8, 0, 4), Ipv4Addr::new(10, 8, 0, 7))
+    );
+}
+
+#[test]
+fn server_keys_are_read() {
+    let text = server_tunnel(
+        "server_address = \"10.8.0.254\"\nifconfig_pool = { start = \"10.8.0.100\", end = \"10.8.0.200\" }\npush = [\"dhcp-option DNS 10.8.0.1\", \"block-outside-dns\"]\nclient_to_client = true\nduplicate_cn = true\nclient_config_dir = \"ccd\"\nmax_clients = 65535\n",
+    );
+    assert_eq!(
+        server_addressing(&text),
+        Addressing::Server {
+            subnet: "10.8.0.0/24".parse().unwrap(),
+            topology: Topology::Subnet,
+            push_routes: Vec::new(),
+            server_address: Ipv4Addr::new(10, 8, 0, 254),
+            pool: IfconfigPool {
+                start: Ipv4Addr::new(10, 8, 0, 100),
+                end: Ipv4Addr::new(10, 8, 0, 200),
+            },
+            push: vec![
+                "dhcp-option DNS 10.8.0.1".to_owned(),
+                "block-outside-dns".to_owned()
+            ],
+            client_to_client: true,
+            duplicate_cn: true,
+            client_config_dir: Some(examples_dir().join("ccd")),
+            max_clients: 65535,
+        }
+    );
+}
+
+#[test]
+fn server_key_errors_point_at_the_value() {
+    assert_error(
+        &server_tunnel("server_address = \"10.9.0.1\"\n"),
+        15,
+        18,
+        "server_address 10.9.0.1 is outside the server subnet 10.8.0.0/24",
+    );
+    assert_error(
+        &server_tunnel("server_address = \"10.8.0.255\"\n"),
+        15,
+        18,
+        "network or broadcast",
+    );
+    assert_error(
+        &server_tunnel("ifconfig_pool = { start = \"10.8.0.200\", end = \"10.8.0.100\" }\n"),
+        15,
+        47,
+        "ifconfig_pool end 10.8.0.100 comes before its start 10.8.0.200",
+    );
+    assert_error(
+        &server_tunnel("ifconfig_pool = { start = \"10.8.1.2\", end = \"10.8.0.100\" }\n"),
+        15,
+        27,
+        "ifconfig_pool.start 10.8.1.2 is outside",
+    );
+    assert_error(&server_tunnel("push = [\"a,b\"]\n"), 15, 9, "contains ','");
+    assert_error(
+        &server_tunnel("push = [\"route 10.0.0.0 255.0.0.0\"]\n"),
+        15,
+        9,
+        "put pushed routes in `push_routes`",
+    );
+    assert_error(
+        &server_tunnel("max_clients = 0\n"),
+        15,
+        15,
+        "max_clients must be between 1 and 65535, got 0",
+    );
+    assert_error(
+        &server_tunnel("max_clients = 65536\n"),
+        15,
+        15,
+        "max_clients must be between 1 and 65535",
+    );
+    assert_error(
+        &server_tunnel("client_config_dir = \"no-such-dir\"\n"),
+        15,
+        21,
+        "client_config_dir file no-such-dir",
+    );
+    assert_error(
+        &server_tunnel("client_config_dir = \"site-a.toml\"\n"),
+        15,
+        21,
+        "is not a directory",
+    );
+}
+
+#[test]
+fn server_keys_on_other_roles_are_refused() {
+    for key in [
+        "server_address = \"10.99.0.1\"",
+        "ifconfig_pool = { start = \"10.99.0.2\", end = \"10.99.0.3\" }",
+        "push = []",
+        "client_to_client = true",
+        "duplicate_cn = false",
+        "client_config_dir = \"ccd\"",
+        "max_clients = 5",
+    ] {
+        let text = format!("{BASE}{P2P_TUNNEL}{key}\n");
+        let name = key.split(' ').next().unwrap();
+        assert_error(
+            &text,
+            17,
+            1,
+            &format!("`{name}` is only valid for role server"),
+        );
+    }
+}
+
+#[test]
+fn a_broken_ccd_file_stops_loading_with_its_own_line() {
+    let dir = tempdir("ccd-broken");
+    std::fs::write(dir.join("alice"), "iroute 10.1.0.0 255.255.0.0\n").unwrap();
+    std::fs::write(dir.join("bob"), "# fine\n\n  comp-lzo yes\n").unwrap();
+    let text = server_tunnel(&format!("client_config_dir = \"{}\"\n", dir.display()));
+    let error = parse(&text).unwrap_err();
+    assert_eq!(error.file, dir.join("bob"));
+    assert_eq!((error.line, error.column), (3, 3));
+    assert!(
+        error.reason.contains("unsupported directive `comp-lzo`"),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vpn-daemon-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+mod ccd_files {
+    use super::super::ccd::*;
+    use super::*;
+
+    fn parse_ccd(text: &str) -> Result<ClientConfig, ConfigError> {
+        parse_client_config(text, Path::new("ccd/alice"))
+    }
+
+    #[track_caller]
+    fn assert_ccd_error(text: &str, line: usize, column: usize, reason: &str) {
+        let error = parse_ccd(text).unwrap_err();
+        assert_eq!(error.file, Path::new("ccd/alice"));
+        assert_eq!((error.line, error.column), (line, column), "{error}");
+        assert!(error.reason.contains(reason), "{error}");
+        assert!(error
+            .to_string()
+            .starts_with(&format!("ccd/alice:{line}:{column}: ")));
+    }
+
+    #[test]
+    fn every_directive() {
+        let text = "# alice's office\n; old comment style\n\nifconfig-push 10.8.0.50 255.255.255.0\niroute 192.168.50.0 255.255.255.0\niroute 192.168.51.7\npush \"dhcp-option DNS 192.168.50.1\"  # inline comment\npush 'route 172.16.0.0 255.240.0.0'\npush-reset\n";
+        assert_eq!(
+            parse_ccd(text).unwrap(),
+            ClientConfig {
+                ifconfig_push: Some((Ipv4Addr::new(10, 8, 0, 50), Ipv4Addr::new(255, 255, 255, 0))),
+                iroutes: vec![
+                    "192.168.50.0/24".parse().unwrap(),
+                    "192.168.51.7/32".parse().unwrap()
+                ],
+                push: vec![
+                    "dhcp-option DNS 192.168.50.1".to_owned(),
+                    "route 172.16.0.0 255.240.0.0".to_owned()
+                ],
+                push_reset: true,
+                disable: false,
+            }
+        );
+        assert!(parse_ccd("disable\n").unwrap().disable);
+        assert_eq!(parse_ccd("").unwrap(), ClientConfig::default());
+        // net30 style: the second address is the peer of the /30.
+        assert_eq!(
+            parse_ccd("ifconfig-push 10.8.0.9 10.8.0.10")
+                .unwrap()
+                .ifconfig_push,
+            Some((Ipv4Addr::new(10, 8, 0, 9), Ipv4Addr::new(10, 8, 0, 10)))
+        );
+        // Escapes inside double quotes.
+        assert_eq!(
+            parse_ccd(r#"push "setenv X \"y z\"""#).unwrap().push,
+            vec!["setenv X \"y z\"".to_owned()]
+        );
+    }
+
+    #[test]
+    fn errors_name_line_column_and_directive() {
+        assert_ccd_error(
+            "\n  topology subnet\n",
+            2,
+            3,
+            "unsupported directive `topology`",
+        );
+        assert_ccd_error(
+            "ifconfig-push 10.8.0.5\n",
+            1,
+            1,
+            "`ifconfig-push` takes 2 arguments",
+        );
+        assert_ccd_error(
+            "ifconfig-push 10.8.0.5 255.255.255.0x\n",
+            1,
+            24,
+            "`255.255.255.0x` is not an IPv4 address",
+        );
+        assert_ccd_error("iroute 10.0.0.0 255.0.255.0\n", 1, 17, "is not a netmask");
+        assert_ccd_error(
+            "iroute 10.0.0.1 255.255.255.0\n",
+            1,
+            8,
+            "did you mean 10.0.0.0 255.255.255.0?",
+        );
+        assert_ccd_error(
+            "push \"route 10.0.0.0 255.0.0.0\n",
+            1,
+            6,
+            "unterminated \" quote",
+        );
+        assert_ccd_error("push a b\n", 1, 1, "`push` takes 1 argument");
+        assert_ccd_error("push \"a,b\"\n", 1, 6, "contains ','");
+        assert_ccd_error("disable now\n", 1, 1, "`disable` takes no arguments");
+        assert_ccd_error(
+            "iroute-ipv6 2001:db8::/64\n",
+            1,
+            1,
+            "unsupported directive `iroute-ipv6`",
+        );
+    }
+
+    #[test]
+    fn read_finds_files_by_common_name_and_never_leaves_the_dir() {
+        let dir = tempdir("ccd-read");
+        std::fs::write(dir.join("alice"), "ifconfig-push 10.8.0.50 255.255.255.0\n").unwrap();
+        std::fs::write(dir.join("broken"), "\n\nbogus\n").unwrap();
+        let alice = read_client_config(&dir, "alice").unwrap().unwrap();
+        assert_eq!(alice.ifconfig_push.unwrap().0, Ipv4Addr::new(10, 8, 0, 50));
+        assert_eq!(read_client_config(&dir, "bob").unwrap(), None);
+        for unsafe_name in ["", ".", "..", "../alice", "a/b", "a\0b"] {
+            assert_eq!(
+                read_client_config(&dir, unsafe_name).unwrap(),
+                None,
+                "{unsafe_name:?}"
+            );
+        }
+        let error = read_client_config(&dir, "broken").unwrap_err();
+        assert_eq!((error.file.clone(), error.line), (dir.join("broken"), 3));
+        assert_eq!(
+            check_client_config_dir(&dir).unwrap_err().file,
+            dir.join("broken")
+        );
+        std::fs::remove_file(dir.join("broken")).unwrap();
+        assert_eq!(check_client_config_dir(&dir).unwrap(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -16,8 +16,9 @@ use super::raw::{
 };
 use super::values::{check_ifname, check_name, parse_prefix, parse_socket_addr};
 use super::{
-    files, Addressing, Cipher, Config, ControlProtection, FastPath, Interfaces, Keepalive,
-    KeyDirection, Node, Pki, Role, TlsRole, Transport, Tunnel, TunnelFastPath, SCHEMA_VERSION,
+    files, Addressing, Cipher, Config, ControlProtection, FastPath, IfconfigPool, Interfaces,
+    Keepalive, KeyDirection, Node, Pki, Role, TlsRole, Topology, Transport, Tunnel, TunnelFastPath,
+    SCHEMA_VERSION,
 };
 
 const NODE_NAME_MAX: usize = 15;
@@ -30,6 +31,7 @@ const DEFAULT_RENEG_SECONDS: u64 = 3600;
 const MIN_RENEG_SECONDS: i64 = 10;
 const DEFAULT_MTU: u16 = 1500;
 const MTU_RANGE: std::ops::RangeInclusive<i64> = 576..=9000;
+const DEFAULT_MAX_CLIENTS: u16 = 1024;
 const SERVER_PREFIX_LENGTHS: std::ops::RangeInclusive<u8> = 8..=29;
 /// Durations are capped so that `Instant + duration` can never overflow further down.
 const MAX_SECONDS: i64 = 365 * 24 * 3600;
@@ -333,15 +335,7 @@ impl Checker<'_> {
                         "the IPv4 subnet handed out to clients, e.g. \"10.8.0.0/24\"",
                     ));
                 };
-                Addressing::Server {
-                    subnet: server_subnet(subnet)?,
-                    topology: raw
-                        .topology
-                        .as_ref()
-                        .map(|topology| *topology.get_ref())
-                        .unwrap_or_default(),
-                    push_routes: ipv4_prefix_list(raw.push_routes.as_ref(), "push_routes")?,
-                }
+                self.server_addressing(raw, server_subnet(subnet)?)?
             }
             Role::P2p => {
                 let Some(tls) = &raw.tls else {
@@ -441,6 +435,37 @@ impl Checker<'_> {
                 raw.push_routes.as_ref().map(Spanned::span),
                 why,
             );
+            note(
+                "server_address",
+                raw.server_address.as_ref().map(Spanned::span),
+                why,
+            );
+            note(
+                "ifconfig_pool",
+                raw.ifconfig_pool.as_ref().map(Spanned::span),
+                why,
+            );
+            note("push", raw.push.as_ref().map(Spanned::span), why);
+            note(
+                "client_to_client",
+                raw.client_to_client.as_ref().map(Spanned::span),
+                why,
+            );
+            note(
+                "duplicate_cn",
+                raw.duplicate_cn.as_ref().map(Spanned::span),
+                why,
+            );
+            note(
+                "client_config_dir",
+                raw.client_config_dir.as_ref().map(Spanned::span),
+                why,
+            );
+            note(
+                "max_clients",
+                raw.max_clients.as_ref().map(Spanned::span),
+                why,
+            );
         }
         if role == Role::Server {
             let why = "is not valid for role server (a server only accepts connections)";
@@ -453,6 +478,94 @@ impl Checker<'_> {
                 Err(Problem::at(span, format!("`{key}` {why}")))
             }
         }
+    }
+
+    /// The multi-client server keys of one tunnel (`subnet` already checked).
+    fn server_addressing(&self, raw: &RawTunnel, subnet: Ipv4Net) -> Result<Addressing, Problem> {
+        let topology = raw
+            .topology
+            .as_ref()
+            .map(|topology| *topology.get_ref())
+            .unwrap_or_default();
+        let push_routes = ipv4_prefix_list(raw.push_routes.as_ref(), "push_routes")?;
+        let server_address = match &raw.server_address {
+            None => first_host(subnet),
+            Some(value) => {
+                let address = ipv4_address(value, "server_address")?;
+                check_host_of(address, subnet, value, "server_address")?;
+                address
+            }
+        };
+        let pool = match &raw.ifconfig_pool {
+            None => default_pool(subnet, topology),
+            Some(value) => {
+                let raw_pool = value.get_ref();
+                let start = ipv4_address(&raw_pool.start, "ifconfig_pool.start")?;
+                check_host_of(start, subnet, &raw_pool.start, "ifconfig_pool.start")?;
+                let end = ipv4_address(&raw_pool.end, "ifconfig_pool.end")?;
+                check_host_of(end, subnet, &raw_pool.end, "ifconfig_pool.end")?;
+                if end < start {
+                    return Err(Problem::at(
+                        raw_pool.end.span(),
+                        format!("ifconfig_pool end {end} comes before its start {start}"),
+                    ));
+                }
+                IfconfigPool { start, end }
+            }
+        };
+        let push = match &raw.push {
+            None => Vec::new(),
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .map(push_option)
+                .collect::<Result<_, _>>()?,
+        };
+        let client_config_dir =
+            match &raw.client_config_dir {
+                None => None,
+                Some(value) => Some(self.checked_file(value, "client_config_dir", |path| {
+                    match std::fs::metadata(path) {
+                        Ok(metadata) if metadata.is_dir() => Ok(()),
+                        Ok(_) => Err("is not a directory".to_owned()),
+                        Err(error) => Err(super::error::describe_io_error(&error)),
+                    }
+                })?),
+            };
+        let max_clients = match &raw.max_clients {
+            None => DEFAULT_MAX_CLIENTS,
+            Some(value) => u16::try_from(*value.get_ref())
+                .ok()
+                .filter(|&count| count >= 1)
+                .ok_or_else(|| {
+                    Problem::at(
+                        value.span(),
+                        format!(
+                            "max_clients must be between 1 and {}, got {}",
+                            u16::MAX,
+                            value.get_ref()
+                        ),
+                    )
+                })?,
+        };
+        Ok(Addressing::Server {
+            subnet,
+            topology,
+            push_routes,
+            server_address,
+            pool,
+            push,
+            client_to_client: raw
+                .client_to_client
+                .as_ref()
+                .is_some_and(|value| *value.get_ref()),
+            duplicate_cn: raw
+                .duplicate_cn
+                .as_ref()
+                .is_some_and(|value| *value.get_ref()),
+            client_config_dir,
+            max_clients,
+        })
     }
 
     fn control_protection(
@@ -699,6 +812,74 @@ fn server_subnet(value: &Spanned<String>) -> Result<Ipv4Net, Problem> {
         ));
     }
     Ok(subnet)
+}
+
+/// The first usable host of a subnet: OpenVPN `server` gives it to the server itself.
+fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1))
+}
+
+/// OpenVPN's `server` default pool (helper.c): subnet .2 up to two below the broadcast address;
+/// net30 .4 up to four below it (up to the broadcast address for a /29).
+fn default_pool(subnet: Ipv4Net, topology: Topology) -> IfconfigPool {
+    let network = u32::from(subnet.network());
+    let broadcast = u32::from(subnet.broadcast());
+    let (start, end) = match topology {
+        Topology::Subnet => (network + 2, broadcast.saturating_sub(2)),
+        Topology::Net30 => {
+            let reserve = if subnet.prefix_len() == 29 { 0 } else { 4 };
+            (network + 4, broadcast.saturating_sub(reserve))
+        }
+    };
+    IfconfigPool {
+        start: Ipv4Addr::from(start),
+        end: Ipv4Addr::from(end.max(start)),
+    }
+}
+
+/// `address` must be a host of `subnet`: inside it, neither its network nor broadcast address.
+fn check_host_of(
+    address: Ipv4Addr,
+    subnet: Ipv4Net,
+    value: &Spanned<String>,
+    what: &str,
+) -> Result<(), Problem> {
+    if !subnet.contains(&address) {
+        return Err(Problem::at(
+            value.span(),
+            format!("{what} {address} is outside the server subnet {subnet}"),
+        ));
+    }
+    if address == subnet.network() || address == subnet.broadcast() {
+        return Err(Problem::at(
+            value.span(),
+            format!("{what} {address} is the network or broadcast address of {subnet}"),
+        ));
+    }
+    Ok(())
+}
+
+/// One `push` entry: sent inside PUSH_REPLY, where ',' separates options, so it cannot hold one.
+fn push_option(value: &Spanned<String>) -> Result<String, Problem> {
+    let option = value.get_ref().trim();
+    if option.is_empty() {
+        return Err(Problem::at(value.span(), "push option is empty"));
+    }
+    if let Some(bad) = option.chars().find(|c| *c == ',' || c.is_control()) {
+        return Err(Problem::at(
+            value.span(),
+            format!(
+                "push option `{option}` contains {bad:?}; options are separated by ',' on the wire, so one option cannot contain it (write two entries)"
+            ),
+        ));
+    }
+    if option.split_whitespace().next() == Some("route") {
+        return Err(Problem::at(
+            value.span(),
+            format!("push option `{option}`: put pushed routes in `push_routes`"),
+        ));
+    }
+    Ok(option.to_owned())
 }
 
 fn ipv4_address(value: &Spanned<String>, what: &str) -> Result<Ipv4Addr, Problem> {

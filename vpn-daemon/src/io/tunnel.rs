@@ -497,6 +497,7 @@ fn session_config(tunnel: &Tunnel, tls: TlsSetup) -> anyhow::Result<SessionConfi
             subnet,
             topology,
             push_routes,
+            ..
         } => SessionMode::Server {
             push: server_push(*subnet, *topology, push_routes),
             peer_id: 0,
@@ -940,6 +941,8 @@ impl ControlTask {
                         tracing::error!(tunnel = %self.name, error = %format!("{error:#}"), "applying pushed options");
                     }
                 }
+                // Only emitted with push_per_client, which the multi-client server sets.
+                SessionEvent::PeerAuthenticated { .. } => {}
                 SessionEvent::SendPing => {
                     if let Some(key) = self.plane.send_key.load_full() {
                         let mut packet = Vec::new();

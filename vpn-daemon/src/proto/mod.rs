@@ -11,6 +11,7 @@ pub mod options;
 pub mod packet;
 pub mod prf;
 pub mod reliable;
+pub mod server;
 pub mod session;
 #[cfg(test)]
 mod session_tests;

@@ -107,6 +107,11 @@ pub struct SessionConfig {
     pub control_packet_size: usize,
     /// The tun MTU (pushed to clients that announce IV_MTU).
     pub tun_mtu: u16,
+    /// Server only: the push (and peer id) depend on who the client is. The session emits
+    /// [`SessionEvent::PeerAuthenticated`] once TLS reveals the client's certificate and holds
+    /// back its PUSH_REPLY until the caller decides with [`Session::set_push`] or
+    /// [`Session::refuse`]. False: the push in [`SessionMode::Server`] goes out as configured.
+    pub push_per_client: bool,
 }
 
 impl SessionConfig {
@@ -132,6 +137,7 @@ impl SessionConfig {
             replay: ReplayConfig::default(),
             control_packet_size: DEFAULT_CONTROL_PACKET_SIZE,
             tun_mtu: 1500,
+            push_per_client: false,
         }
     }
 }
@@ -213,6 +219,13 @@ pub enum SessionEvent {
     },
     /// A client received its configuration from the server.
     Pushed(PushOptions),
+    /// Server with [`SessionConfig::push_per_client`]: the TLS handshake of the first key is
+    /// done and the client's certificate verified. Answer with [`Session::set_push`] or
+    /// [`Session::refuse`]; no PUSH_REPLY (and no data key) goes out before that.
+    PeerAuthenticated {
+        /// The common name of the client certificate, if it has one.
+        common_name: Option<String>,
+    },
     /// Send a keepalive ping on the data channel now.
     SendPing,
     /// The session is over; start a new one (clients) or wait for the peer (servers).
@@ -235,6 +248,9 @@ impl std::fmt::Debug for SessionEvent {
                 peer_common_name,
             } => write!(formatter, "Established({params:?}, {peer_common_name:?})"),
             SessionEvent::Pushed(options) => write!(formatter, "Pushed({options:?})"),
+            SessionEvent::PeerAuthenticated { common_name } => {
+                write!(formatter, "PeerAuthenticated({common_name:?})")
+            }
             SessionEvent::SendPing => formatter.write_str("SendPing"),
             SessionEvent::Ended(end) => write!(formatter, "Ended({end})"),
         }
@@ -303,6 +319,11 @@ pub struct Session {
     stats: SessionStats,
     ended: bool,
     established: bool,
+    /// Per-client push: whether PeerAuthenticated went out, and whether the caller decided.
+    peer_authenticated: bool,
+    push_decided: bool,
+    /// A PUSH_REQUEST (or a request-push client's implicit one) waiting for the decision.
+    push_request_waiting: bool,
 }
 
 impl Session {
@@ -339,6 +360,9 @@ impl Session {
             stats: SessionStats::default(),
             ended: false,
             established: false,
+            peer_authenticated: false,
+            push_decided: false,
+            push_request_waiting: false,
         };
         if session.tls_role() == TlsRole::Client {
             session.start_key_state(now, KeyId::ZERO)?;
@@ -389,6 +413,42 @@ impl Session {
 
     fn tls_role(&self) -> TlsRole {
         self.config.tls.role()
+    }
+
+    /// Server with [`SessionConfig::push_per_client`]: what to push to this client and its peer
+    /// id, decided after [`SessionEvent::PeerAuthenticated`]. A PUSH_REQUEST that already
+    /// arrived is answered now. The per-client fields (cipher, peer-id, key derivation, ping)
+    /// are added here as always. Calling it again before the reply went out replaces the push.
+    pub fn set_push(&mut self, now: Instant, push: PushOptions, peer_id: u32) {
+        if self.ended {
+            return;
+        }
+        if let SessionMode::Server {
+            push: configured,
+            peer_id: configured_peer_id,
+        } = &mut self.config.mode
+        {
+            *configured = push;
+            *configured_peer_id = peer_id;
+        }
+        self.push_decided = true;
+        if std::mem::take(&mut self.push_request_waiting) {
+            if let Some(index) = self.key_index(KeyId::ZERO) {
+                self.answer_push_request(now, index);
+            }
+        }
+        self.flush(now);
+    }
+
+    /// Refuses the authenticated client: `AUTH_FAILED,reason` on the control channel (as OpenVPN
+    /// does for a ccd `disable`), then the session ends with [`SessionEnd::Protocol`].
+    pub fn refuse(&mut self, now: Instant, reason: &str) {
+        if self.ended {
+            return;
+        }
+        self.send_control_message(&format!("AUTH_FAILED,{reason}"));
+        self.flush(now);
+        self.end(SessionEnd::Protocol(format!("client refused: {reason}")));
     }
 
     /// Whether a packet is a hard reset that would start a new session with us, for a server
@@ -765,6 +825,24 @@ impl Session {
                 }
             }
         }
+        // Per-client push: tell the caller who the client is as soon as TLS says so.
+        if self.config.push_per_client
+            && !self.peer_authenticated
+            && !key.tls.is_handshaking()
+            && key.key_id == KeyId::ZERO
+            && matches!(self.config.mode, SessionMode::Server { .. })
+        {
+            self.peer_authenticated = true;
+            let common_name = match &key.tls {
+                rustls::Connection::Client(connection) => tls::peer_common_name(connection),
+                rustls::Connection::Server(connection) => tls::peer_common_name(connection),
+            };
+            self.events
+                .push_back(SessionEvent::PeerAuthenticated { common_name });
+        }
+        let Some(key) = self.keys.get_mut(index) else {
+            return;
+        };
         // Our key-method message once the handshake is done.
         if !key.tls.is_handshaking() && key.local_key_method.is_none() {
             let message = self.our_key_method();
@@ -884,6 +962,11 @@ impl Session {
     }
 
     fn answer_push_request(&mut self, now: Instant, index: usize) {
+        if self.config.push_per_client && !self.push_decided {
+            // Answered by set_push, once the caller knows who the client is.
+            self.push_request_waiting = true;
+            return;
+        }
         let SessionMode::Server { push, peer_id } = &self.config.mode else {
             return;
         };

@@ -313,6 +313,8 @@ struct Endpoint {
     retired: Vec<KeyId>,
     established: Option<(Duration, DataChannelParams, Option<String>)>,
     pushed: Option<PushOptions>,
+    /// Common names from `PeerAuthenticated` (per-client push servers only).
+    authenticated: Vec<Option<String>>,
     ended: Option<(Duration, SessionEnd)>,
     pings: usize,
     /// When each Transmit event appeared (offset from the pair's base), with the packet.
@@ -335,6 +337,7 @@ impl Endpoint {
             retired: Vec::new(),
             established: None,
             pushed: None,
+            authenticated: Vec::new(),
             ended: None,
             pings: 0,
             transmits: Vec::new(),
@@ -378,6 +381,9 @@ impl Endpoint {
                     self.established = Some((at, params, peer_common_name));
                 }
                 SessionEvent::Pushed(options) => self.pushed = Some(options),
+                SessionEvent::PeerAuthenticated { common_name } => {
+                    self.authenticated.push(common_name)
+                }
                 SessionEvent::SendPing => self.pings += 1,
                 SessionEvent::Ended(end) => {
                     assert!(self.ended.is_none(), "{}: Ended twice", self.name);
@@ -1555,4 +1561,82 @@ fn a_hard_reset_with_another_session_id_ends_the_server_session() {
             pair.describe()
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-client server: the push is decided per client, after TLS names it
+
+fn per_client_push_pair(seed: u64) -> Pair {
+    let wrap = WRAPS[0];
+    let mut server_config =
+        session_config(Roles::ClientServer, TlsRole::Server, &Cipher::ALL, wrap);
+    server_config.push_per_client = true;
+    Pair::new(
+        session_config(Roles::ClientServer, TlsRole::Client, &Cipher::ALL, wrap),
+        server_config,
+        wrap,
+        LinkConfig::clean(),
+        seed,
+    )
+}
+
+#[test]
+fn a_per_client_push_waits_for_set_push_and_uses_its_address_and_peer_id() {
+    let mut pair = per_client_push_pair(91);
+    assert!(
+        pair.run_until(Duration::from_secs(5), |pair| !pair
+            .server
+            .authenticated
+            .is_empty()),
+        "{}",
+        pair.describe()
+    );
+    // Without a decision nothing is pushed and no key comes up, though the client asks.
+    let wait_until = pair.elapsed() + Duration::from_millis(1500);
+    assert!(
+        !pair.run_until(wait_until, |pair| pair.client.pushed.is_some()
+            || pair.server.established.is_some()
+            || pair.any_ended())
+    );
+    let mut push = server_push();
+    push.ifconfig = Some((Ipv4Addr::new(10, 8, 0, 77), Ipv4Addr::new(255, 255, 255, 0)));
+    let now = pair.now;
+    pair.server.session.set_push(now, push, 9);
+    let limit = pair.elapsed() + Duration::from_secs(5);
+    assert!(pair.establish(limit), "{}", pair.describe());
+    let pushed = pair.client.pushed.clone().unwrap();
+    assert_eq!(
+        pushed.ifconfig,
+        Some((Ipv4Addr::new(10, 8, 0, 77), Ipv4Addr::new(255, 255, 255, 0)))
+    );
+    assert_eq!(pushed.peer_id, Some(9));
+    assert_data_flows(&mut pair, 9);
+    // The name given with PeerAuthenticated is the certificate's, as Established reports it.
+    let established_cn = pair.server.established.as_ref().unwrap().2.clone();
+    assert!(established_cn.is_some());
+    assert_eq!(pair.server.authenticated, vec![established_cn]);
+}
+
+#[test]
+fn a_refused_client_gets_auth_failed_and_both_ends_stop() {
+    let mut pair = per_client_push_pair(92);
+    assert!(pair.run_until(Duration::from_secs(5), |pair| !pair
+        .server
+        .authenticated
+        .is_empty()));
+    let now = pair.now;
+    pair.server.session.refuse(now, "client disabled");
+    let limit = pair.elapsed() + Duration::from_secs(5);
+    assert!(pair.run_until(limit, |pair| pair.client.ended.is_some()));
+    match pair.client.end_reason() {
+        Some(SessionEnd::Protocol(reason)) => {
+            assert!(reason.contains("AUTH_FAILED client disabled"), "{reason}")
+        }
+        other => panic!("client ended with {other:?}"),
+    }
+    assert!(matches!(
+        pair.server.end_reason(),
+        Some(SessionEnd::Protocol(reason)) if reason.contains("client refused: client disabled")
+    ));
+    assert!(pair.client.pushed.is_none() && pair.client.established.is_none());
 }
