@@ -725,13 +725,23 @@ impl ControlTask {
                     }
                 }
             }
+            // reconnect_at only matters while the branch above can act on it: on a side that
+            // never initiates it stays at its start-up instant, and waking for a past instant
+            // made this loop spin a whole core for the tunnel's lifetime.
+            let can_reconnect = self.session.is_none()
+                && self.initiates()
+                && self.tunnel.transport == Transport::Udp;
             let deadline = self
                 .session
                 .as_ref()
                 .and_then(Session::poll_timeout)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
                 .min(Instant::now() + Duration::from_secs(1))
-                .min(reconnect_at.unwrap_or(Instant::now() + Duration::from_secs(1)));
+                .min(
+                    reconnect_at
+                        .filter(|_| can_reconnect)
+                        .unwrap_or(Instant::now() + Duration::from_secs(1)),
+                );
             tokio::select! {
                 _ = stop.changed() => break,
                 message = input.recv() => match message {
