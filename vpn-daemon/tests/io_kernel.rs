@@ -708,6 +708,113 @@ fn udp_gso_batches_arrive_as_the_datagrams_pushed() -> anyhow::Result<()> {
     })
 }
 
+/// A GSO run whose segments do not fit the path MTU is refused with EMSGSIZE (GSO never
+/// fragments): the batch must still deliver it, one datagram per message (IP-fragmented), and
+/// keep GSO for runs that fit. (Dropping such runs was what stalled tunnels with GSO on.)
+#[test]
+fn udp_gso_runs_above_the_path_mtu_are_still_delivered() -> anyhow::Result<()> {
+    if !require_root("udp_gso_runs_above_the_path_mtu_are_still_delivered") {
+        return Ok(());
+    }
+    let ns = NetNs::new("udpmtu")?;
+    ns.ip(&["link", "set", "lo", "mtu", "1500"])?;
+    ns.run(|| {
+        let receiver = UdpSocket::bind("127.0.0.1:0")?;
+        let to = receiver.local_addr()?;
+        let sender = UdpSocket::bind("127.0.0.1:0")?;
+        // 1524 + 28 bytes of headers > 1500: what a 1500-byte tun packet sealed for the wire is.
+        let payload = |index: u32| {
+            let len = if index < 10 { 1524 } else { 1000 };
+            let mut bytes = index.to_be_bytes().to_vec();
+            bytes.resize(len, index as u8);
+            bytes
+        };
+        let mut batch = SendBatch::new(64, 2048);
+        batch.set_udp_gso(true);
+        for round in 0..2 {
+            for index in 0..20u32 {
+                batch.push(&payload(index), to)?;
+            }
+            let sent = batch.flush(&sender)?;
+            assert_eq!(sent, 20, "round {round}: {:?}", batch.last_error());
+        }
+        let stats = batch.stats();
+        assert_eq!((stats.sent, stats.dropped), (40, 0));
+        assert_eq!(stats.gso_refused, 1, "refused once, then sent unsegmented");
+        assert!(batch.udp_gso(), "GSO stays on for datagrams that fit");
+
+        let mut receive = RecvBatch::new(64, 2048);
+        let mut got = Vec::new();
+        while got.len() < 40 {
+            ensure!(
+                receive.recv(&receiver, Some(WAIT))? > 0,
+                "timed out at {}",
+                got.len()
+            );
+            got.extend(receive.iter().map(|(data, _)| data.to_vec()));
+        }
+        let expected: Vec<Vec<u8>> = (0..2).flat_map(|_| (0..20).map(payload)).collect();
+        assert_eq!(got, expected);
+        Ok(())
+    })
+}
+
+/// With UDP GRO on, a GSO run over loopback arrives as one coalesced slot, which `iter`
+/// splits back into the datagrams sent, in order and byte for byte.
+#[test]
+fn udp_gro_slots_split_into_the_datagrams_sent() -> anyhow::Result<()> {
+    if !require_root("udp_gro_slots_split_into_the_datagrams_sent") {
+        return Ok(());
+    }
+    let ns = NetNs::new("udpgro")?;
+    ns.run(|| {
+        let receiver = UdpSocket::bind("127.0.0.1:0")?;
+        set_socket_buffers(&receiver, 8 << 20)?;
+        let to = receiver.local_addr()?;
+        let sender = UdpSocket::bind("127.0.0.1:0")?;
+        let from = sender.local_addr()?;
+        let mut receive = RecvBatch::new(8, 65_536);
+        receive.enable_udp_gro(&receiver)?;
+        assert!(receive.udp_gro());
+        // Runs of 1200-byte datagrams, every 16th shorter (the end of a run).
+        let payload = |index: u32| {
+            let len = if index % 16 == 15 { 333 } else { 1200 };
+            let mut bytes = index.to_be_bytes().to_vec();
+            bytes.extend((4..len).map(|i| (i as u32).wrapping_mul(index + 7) as u8));
+            bytes
+        };
+        let mut batch = SendBatch::new(64, 1500);
+        batch.set_udp_gso(true);
+        for index in 0..256u32 {
+            if batch.is_full() {
+                batch.flush(&sender)?;
+            }
+            batch.push(&payload(index), to)?;
+        }
+        batch.flush(&sender)?;
+        let mut next = 0u32;
+        let mut slots = 0;
+        while next < 256 {
+            ensure!(
+                receive.recv(&receiver, Some(WAIT))? > 0,
+                "timed out at {next}"
+            );
+            slots += receive.len();
+            for (data, source) in receive.iter() {
+                assert_eq!(data, payload(next).as_slice(), "datagram {next}");
+                assert_eq!(source, from);
+                next += 1;
+            }
+        }
+        assert!(
+            slots < 256,
+            "{slots} slots for 256 datagrams: nothing coalesced"
+        );
+        assert_eq!(receive.truncated_total(), 0);
+        Ok(())
+    })
+}
+
 /// Not a pass/fail test: prints datagrams/s for sendmmsg batches of 32 against one sendto per
 /// datagram, on loopback (the receiver does not read; the kernel drops past its buffer).
 #[test]

@@ -3,6 +3,7 @@ pub mod control;
 pub mod ebpf;
 pub mod ebpf_plan;
 pub mod netlink;
+pub mod offload;
 pub mod tun;
 pub mod tunnel;
 pub mod udp_batch;

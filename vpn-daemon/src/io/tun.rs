@@ -55,6 +55,10 @@ impl TunOptions {
 pub const OFFLOAD_GSO: u32 =
     libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_USO4 | libc::TUN_F_USO6;
 
+/// TCP offloads only: what [`crate::io::offload`] splits and coalesces (partial checksums, TCP
+/// super-segments over IPv4 and IPv6).
+pub const OFFLOAD_TCP: u32 = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+
 /// A tun device and its open queues. Dropping it (and every queue taken out of it or cloned)
 /// removes the device.
 #[derive(Debug)]
@@ -94,15 +98,17 @@ impl TunDevice {
 
         // The first queue creates the device; IFF_TUN_EXCL makes an existing device of that name
         // (ours or anybody's) an error instead of silently attaching to it.
-        let (first, actual_name) = open_queue(&requested, flags | libc::IFF_TUN_EXCL)
+        let (mut first, actual_name) = open_queue(&requested, flags | libc::IFF_TUN_EXCL)
             .with_context(|| format!("creating tun {name}"))?;
+        first.vnet_hdr = options.vnet_hdr;
         let mut queue_list = Vec::with_capacity(options.queues);
         queue_list.push(first);
         // Later queues attach by the kernel-chosen name (relevant when `name` had a `%d`).
         let attach_name = ifreq_name(&actual_name)?;
         for index in 1..options.queues {
-            let (queue, _) = open_queue(&attach_name, flags)
+            let (mut queue, _) = open_queue(&attach_name, flags)
                 .with_context(|| format!("opening queue {index} of tun {actual_name}"))?;
+            queue.vnet_hdr = options.vnet_hdr;
             queue_list.push(queue);
         }
         if options.offload != 0 {
@@ -169,6 +175,7 @@ impl TunDevice {
 #[derive(Debug)]
 pub struct TunQueue {
     file: File,
+    vnet_hdr: bool,
 }
 
 impl TunQueue {
@@ -183,10 +190,28 @@ impl TunQueue {
         (&self.file).write(packet)
     }
 
+    /// Writes one plain IP packet, with an all-zero virtio-net header in front (no offload,
+    /// checksum complete) if the device has one; returns the IP packet bytes written.
+    pub fn write_packet(&self, packet: &[u8]) -> io::Result<usize> {
+        if !self.vnet_hdr {
+            return self.write(packet);
+        }
+        let header = [0u8; VNET_HDR_LEN];
+        let parts = [io::IoSlice::new(&header), io::IoSlice::new(packet)];
+        let written = (&self.file).write_vectored(&parts)?;
+        Ok(written.saturating_sub(VNET_HDR_LEN))
+    }
+
+    /// Whether every read and [`write`](Self::write) carries a virtio-net header.
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
     /// Another fd for the same queue (dup): shares its packets and non-blocking state.
     pub fn try_clone(&self) -> io::Result<TunQueue> {
         Ok(TunQueue {
             file: self.file.try_clone()?,
+            vnet_hdr: self.vnet_hdr,
         })
     }
 
@@ -273,7 +298,13 @@ fn open_queue(
         });
     }
     let actual = ifr_name_string(&request.ifr_name);
-    Ok((TunQueue { file }, actual))
+    Ok((
+        TunQueue {
+            file,
+            vnet_hdr: false,
+        },
+        actual,
+    ))
 }
 
 fn ifr_name_string(name: &[libc::c_char; libc::IFNAMSIZ]) -> String {

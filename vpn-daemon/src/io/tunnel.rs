@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::netlink::Netlink;
-use super::tun::{TunDevice, TunQueue};
+use super::offload;
+use super::tun::{TunDevice, TunOptions, TunQueue, OFFLOAD_TCP, VNET_HDR_LEN};
 use super::udp_batch::{set_socket_buffers, RecvBatch, SendBatch};
 use crate::config::{
     Addressing, Compress, Config, ControlProtection, Role, TlsRole, Topology, Transport, Tunnel,
@@ -56,6 +57,15 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 const MAX_PACKET: usize = 65_535;
 /// How often blocking data-path threads look at the stop flag.
 const POLL_INTERVAL_MS: i32 = 200;
+/// Outer packet size TCP MSS clamping aims at: OpenVPN's default `mssfix 1492`. Full-sized
+/// tunnelled segments then need no IP fragmentation and can go out as UDP GSO runs.
+const MSSFIX_OUTER: usize = 1492;
+/// Datagrams per `sendmmsg`: room for two 64 KiB TCP super-segments split into ~1.4 KiB
+/// packets, so a GSO run is rarely cut by a flush.
+const SEND_BATCH: usize = 128;
+/// Receive slots of one `recvmmsg`; with UDP GRO each slot holds up to 64 KiB of datagrams.
+const RECV_BATCH: usize = 32;
+const RECV_SLOT: usize = 65_536;
 
 /// Data-path counters of one tunnel. Aligned to a cache line, and the hot tx and rx counters
 /// kept on separate lines, so the two data-path threads do not bounce one line between cores.
@@ -186,13 +196,27 @@ impl DataPlane {
 
     /// Decrypts one data packet and writes it to tun.
     fn receive_data(&self, keys: &mut [ReceiveKey], packet: &mut [u8], tun: &TunQueue) -> bool {
+        let (ok, payload) = self.open_data(keys, packet);
+        if let Some(payload) = payload {
+            let _ = tun.write_packet(payload);
+        }
+        ok
+    }
+
+    /// Decrypts one data packet in place and counts it: whether it authenticated, and the IP
+    /// packet to write to tun if it carries one.
+    fn open_data<'a>(
+        &self,
+        keys: &mut [ReceiveKey],
+        packet: &'a mut [u8],
+    ) -> (bool, Option<&'a [u8]>) {
         let Ok((_, key_id, _)) = peek_data_key(packet) else {
             self.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return (false, None);
         };
         let Some(key) = keys.iter_mut().find(|key| key.key_id() == key_id) else {
             self.counters.rx_unknown_key.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return (false, None);
         };
         let opened = key.open(Instant::now(), packet);
         if opened.is_ok() {
@@ -204,18 +228,17 @@ impl DataPlane {
                 self.counters
                     .rx_bytes
                     .fetch_add(payload.len() as u64, Ordering::Relaxed);
-                let _ = tun.write(payload);
-                true
+                (true, Some(payload))
             }
-            Ok(Received::Ping) | Ok(Received::Occ(_)) => true,
+            Ok(Received::Ping) | Ok(Received::Occ(_)) => (true, None),
             Ok(Received::OccExit) => {
                 self.peer_exited.store(true, Ordering::Relaxed);
-                true
+                (true, None)
             }
             Ok(Received::Compressed) => {
                 self.counters.rx_compressed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("dropped a compressed data packet: compression is not supported, only its framing");
-                true
+                (true, None)
             }
             Err(error) => {
                 use crate::proto::data::DataError;
@@ -227,7 +250,7 @@ impl DataPlane {
                         .fetch_add(1, Ordering::Relaxed),
                     _ => self.counters.rx_malformed.fetch_add(1, Ordering::Relaxed),
                 };
-                false
+                (false, None)
             }
         }
     }
@@ -269,8 +292,7 @@ impl TunnelRuntime {
         let protection_source = load_protection(&tunnel.control_protection)?;
         let session_config = session_config(tunnel, tls_setup)?;
 
-        let device = TunDevice::create(&tunnel.device, 1)
-            .with_context(|| format!("creating tun {}", tunnel.device))?;
+        let device = create_tun(&tunnel.device)?;
         let index = device.ifindex();
         netlink
             .set_link_up(index, Some(u32::from(tunnel.mtu)))
@@ -704,13 +726,23 @@ impl ControlTask {
                     }
                 }
             }
+            // reconnect_at only matters while the branch above can act on it: on a side that
+            // never initiates it stays at its start-up instant, and waking for a past instant
+            // made this loop spin a whole core for the tunnel's lifetime.
+            let can_reconnect = self.session.is_none()
+                && self.initiates()
+                && self.tunnel.transport == Transport::Udp;
             let deadline = self
                 .session
                 .as_ref()
                 .and_then(Session::poll_timeout)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
                 .min(Instant::now() + Duration::from_secs(1))
-                .min(reconnect_at.unwrap_or(Instant::now() + Duration::from_secs(1)));
+                .min(
+                    reconnect_at
+                        .filter(|_| can_reconnect)
+                        .unwrap_or(Instant::now() + Duration::from_secs(1)),
+                );
             tokio::select! {
                 _ = stop.changed() => break,
                 message = input.recv() => match message {
@@ -1026,14 +1058,37 @@ fn wait_readable(fd: i32) -> bool {
     ready > 0
 }
 
-/// tun → seal → wire, in batches: read every packet tun has, then send them with one sendmmsg.
+/// Opens the tun with TCP offloads (virtio-net header, TSO in both directions), so the data
+/// path moves 64 KiB super-segments through one syscall; falls back to a plain tun if the
+/// kernel refuses.
+fn create_tun(name: &str) -> anyhow::Result<TunDevice> {
+    let options = TunOptions {
+        queues: 1,
+        vnet_hdr: true,
+        offload: OFFLOAD_TCP,
+    };
+    match TunDevice::create_with(name, options) {
+        Ok(device) => Ok(device),
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "tun offloads unavailable, one packet per syscall");
+            TunDevice::create(name, 1).with_context(|| format!("creating tun {name}"))
+        }
+    }
+}
+
+/// tun → seal → wire, in batches: read every packet tun has (with offloads: TCP super-segments,
+/// split here), then send them with one sendmmsg in UDP GSO runs.
 fn tun_send_loop(plane: &DataPlane, tun: &TunQueue) {
-    let mut buffer = vec![0u8; MAX_PACKET];
-    let mut sealed = Vec::with_capacity(MAX_PACKET);
-    // UDP GSO (SendBatch::set_udp_gso) stays off: through the veth bench topology it moved no
-    // data at all and one data-path thread spun at 100 % (not yet understood).
-    let mut batch = SendBatch::new(64, 2048);
-    let mut tcp_out = Vec::new();
+    let mut buffer = vec![0u8; MAX_PACKET + VNET_HDR_LEN];
+    let mut scratch = Vec::with_capacity(MAX_PACKET);
+    let mut out = Outgoing {
+        sealed: Vec::with_capacity(MAX_PACKET),
+        syn: Vec::new(),
+        batch: SendBatch::new(SEND_BATCH, 2048),
+        tcp_out: Vec::new(),
+    };
+    out.batch.set_udp_gso(true);
+    let mut gso_refused = 0;
     let fd = tun.as_raw_fd();
     set_nonblocking(fd);
     while !plane.stop.load(Ordering::Relaxed) {
@@ -1054,39 +1109,93 @@ fn tun_send_loop(plane: &DataPlane, tun: &TunQueue) {
                 plane.counters.tx_no_key.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let Some(payload) = buffer.get(..read) else {
+            let Some(frame) = buffer.get(..read) else {
                 continue;
             };
-            if key.seal(payload, &mut sealed).is_err() {
-                plane.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+            let outer_ipv6 = matches!(
+                wire.as_ref(),
+                Wire::Udp {
+                    peer: SocketAddr::V6(_),
+                    ..
+                }
+            );
+            if !tun.vnet_hdr() {
+                out.seal_and_queue(plane, key, wire, outer_ipv6, frame);
                 continue;
             }
-            plane.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-            plane
-                .counters
-                .tx_bytes
-                .fetch_add(read as u64, Ordering::Relaxed);
-            match wire.as_ref() {
-                Wire::Udp { peer, .. } => {
-                    if batch.push(&sealed, *peer).is_err() {
-                        plane.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if batch.is_full() {
-                        flush_batch(plane, wire, &mut batch, &mut tcp_out);
-                    }
-                }
-                Wire::Tcp { .. } => {
-                    if encode_frame(&sealed, &mut tcp_out).is_err() {
-                        plane.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if tcp_out.len() >= 256 * 1024 {
-                        flush_batch(plane, wire, &mut batch, &mut tcp_out);
-                    }
-                }
+            let split = offload::split(frame, &mut scratch, |packet| {
+                out.seal_and_queue(plane, key, wire, outer_ipv6, packet)
+            });
+            if split.is_err() {
+                plane.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
         if let Some(wire) = &wire {
-            flush_batch(plane, wire, &mut batch, &mut tcp_out);
+            flush_batch(plane, wire, &mut out.batch, &mut out.tcp_out);
+        }
+        let refused = out.batch.stats().gso_refused;
+        if refused != gso_refused {
+            gso_refused = refused;
+            tracing::debug!(refused, gso = out.batch.udp_gso(), error = ?out.batch.last_error(), "the kernel refused UDP GSO sends");
+        }
+    }
+}
+
+/// The tun→wire thread's buffers between reading a packet and sending it.
+struct Outgoing {
+    sealed: Vec<u8>,
+    /// A copy of a TCP SYN whose MSS option is being clamped.
+    syn: Vec<u8>,
+    batch: SendBatch,
+    tcp_out: Vec<u8>,
+}
+
+impl Outgoing {
+    /// Seals one IP packet and queues it for the wire, flushing when the batch is full.
+    fn seal_and_queue(
+        &mut self,
+        plane: &DataPlane,
+        key: &SendKey,
+        wire: &Wire,
+        outer_ipv6: bool,
+        packet: &[u8],
+    ) {
+        let packet = if offload::is_tcp_syn(packet) {
+            let inner_ipv6 = packet.first().is_some_and(|b| b >> 4 == 6);
+            let mss = offload::mss_for(MSSFIX_OUTER, outer_ipv6, inner_ipv6, key.overhead());
+            self.syn.clear();
+            self.syn.extend_from_slice(packet);
+            offload::clamp_mss(&mut self.syn, mss);
+            &self.syn[..]
+        } else {
+            packet
+        };
+        if key.seal(packet, &mut self.sealed).is_err() {
+            plane.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        plane.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+        plane
+            .counters
+            .tx_bytes
+            .fetch_add(packet.len() as u64, Ordering::Relaxed);
+        match wire {
+            Wire::Udp { peer, .. } => {
+                if self.batch.push(&self.sealed, *peer).is_err() {
+                    plane.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if self.batch.is_full() {
+                    flush_batch(plane, wire, &mut self.batch, &mut self.tcp_out);
+                }
+            }
+            Wire::Tcp { .. } => {
+                if encode_frame(&self.sealed, &mut self.tcp_out).is_err() {
+                    plane.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if self.tcp_out.len() >= 256 * 1024 {
+                    flush_batch(plane, wire, &mut self.batch, &mut self.tcp_out);
+                }
+            }
         }
     }
 }
@@ -1140,15 +1249,24 @@ fn set_nonblocking(fd: i32) {
     }
 }
 
-/// wire → open → tun for UDP; control packets go to the control task.
+/// wire → open → tun for UDP; control packets go to the control task. With UDP GRO one
+/// recvmmsg slot holds many datagrams; with tun offloads the decrypted TCP segments of one
+/// flow go to tun as one super-segment.
 fn udp_receive_loop(
     plane: &DataPlane,
     socket: &UdpSocket,
     tun: &TunQueue,
     control: &mpsc::Sender<ControlInput>,
 ) {
-    let mut batch = RecvBatch::new(64, 4096);
-    let mut scratch = Vec::with_capacity(4096);
+    let mut batch = RecvBatch::new(RECV_BATCH, RECV_SLOT);
+    if let Err(error) = batch.enable_udp_gro(socket) {
+        tracing::debug!(%error, "no UDP GRO: one datagram per receive slot");
+    }
+    // Decrypted packets of one batch, back to back, and where each IP packet lies.
+    let mut arena: Vec<u8> = Vec::with_capacity(RECV_BATCH * RECV_SLOT);
+    let mut payloads: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut frames_out: Vec<u8> = Vec::with_capacity(RECV_BATCH * RECV_SLOT);
+    let mut frames: Vec<std::ops::Range<usize>> = Vec::new();
     let poll_interval = Duration::from_millis(POLL_INTERVAL_MS as u64);
     while !plane.stop.load(Ordering::Relaxed) {
         // One poll and one recvmmsg per wake-up: a busy link keeps the socket readable, so the
@@ -1168,13 +1286,27 @@ fn udp_receive_loop(
             Err(_) => return,
         };
         let mut any_data = false;
+        arena.clear();
+        payloads.clear();
         for (packet, from) in batch.iter() {
             match peek_opcode(packet) {
                 Ok((opcode, _)) if opcode.is_data() => {
-                    // Decrypt in a scratch copy: the batch's slots are read-only here.
-                    scratch.clear();
-                    scratch.extend_from_slice(packet);
-                    any_data |= plane.receive_data(&mut keys, &mut scratch, tun);
+                    // Decrypt in place in the arena: the batch's slots are read-only here.
+                    let start = arena.len();
+                    arena.extend_from_slice(packet);
+                    let slot = &mut arena[start..];
+                    let slot_address = slot.as_ptr() as usize;
+                    let (ok, payload) = plane.open_data(&mut keys, slot);
+                    any_data |= ok;
+                    // The IP packet lies inside the decrypted slot: keep its range.
+                    let range = payload.map(|payload| {
+                        let offset = start + (payload.as_ptr() as usize - slot_address);
+                        offset..offset + payload.len()
+                    });
+                    match range {
+                        Some(range) => payloads.push(range),
+                        None => arena.truncate(start),
+                    }
                 }
                 Ok(_) => {
                     if control
@@ -1199,6 +1331,36 @@ fn udp_receive_loop(
         drop(keys);
         if any_data {
             plane.mark_received();
+        }
+        write_to_tun(tun, &arena, &payloads, &mut frames_out, &mut frames);
+    }
+}
+
+/// Writes decrypted IP packets (`payloads` ranges of `arena`) to tun: coalesced into TCP
+/// super-segments when the tun takes a virtio-net header, else one write per packet.
+fn write_to_tun(
+    tun: &TunQueue,
+    arena: &[u8],
+    payloads: &[std::ops::Range<usize>],
+    frames_out: &mut Vec<u8>,
+    frames: &mut Vec<std::ops::Range<usize>>,
+) {
+    let packets: Vec<&[u8]> = payloads
+        .iter()
+        .filter_map(|range| arena.get(range.clone()))
+        .collect();
+    if !tun.vnet_hdr() {
+        for packet in packets {
+            let _ = tun.write(packet);
+        }
+        return;
+    }
+    frames_out.clear();
+    frames.clear();
+    offload::coalesce(&packets, frames_out, frames);
+    for range in frames.iter() {
+        if let Some(frame) = frames_out.get(range.clone()) {
+            let _ = tun.write(frame);
         }
     }
 }

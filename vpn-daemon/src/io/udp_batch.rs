@@ -27,6 +27,11 @@ const SEND_RETRY_BUDGET: Duration = Duration::from_secs(1);
 const UDP_MAX_SEGMENTS: usize = 64;
 /// Payload bytes in one UDP GSO send: what one IPv4 UDP datagram holds (IPv6 allows 20 more).
 const UDP_GSO_MAX_BYTES: usize = 65_535 - 20 - 8;
+/// `UDP_GRO` (linux/udp.h): as a socket option it turns receive coalescing on; as a control
+/// message it carries the segment size of a coalesced datagram. Not in every libc target.
+const UDP_GRO: libc::c_int = 104;
+/// Room for one control message with an int payload (`CMSG_SPACE(4)` is 24 on 64-bit).
+type ControlBuffer = [u64; 4];
 
 /// Preallocated buffers for receiving up to `capacity` datagrams in one `recvmmsg`.
 pub struct RecvBatch {
@@ -37,6 +42,9 @@ pub struct RecvBatch {
     headers: Vec<libc::mmsghdr>,
     received: Vec<ReceivedMeta>,
     truncated_total: u64,
+    /// Whether the socket coalesces datagrams (`UDP_GRO`) and we ask for their segment size.
+    gro: bool,
+    controls: Vec<ControlBuffer>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +52,9 @@ struct ReceivedMeta {
     len: usize,
     source: Option<SocketAddr>,
     truncated: bool,
+    /// With GRO: the size of the datagrams coalesced into this slot (the last may be shorter);
+    /// 0 when the slot holds one datagram.
+    segment: usize,
 }
 
 // SAFETY: the raw pointers in `iovecs` and `headers` point only into this struct's own heap
@@ -65,7 +76,23 @@ impl RecvBatch {
             headers: Vec::with_capacity(capacity),
             received: Vec::with_capacity(capacity),
             truncated_total: 0,
+            gro: false,
+            controls: vec![[0; 4]; capacity],
         }
+    }
+
+    /// Turns on UDP GRO for `socket`: the kernel may then hand over several datagrams of one
+    /// sender in one slot, which [`iter`](Self::iter) splits again. Slots should then be 64 KiB
+    /// (a coalesced datagram is up to 65,535 bytes). Fails on kernels before 5.0.
+    pub fn enable_udp_gro(&mut self, socket: &impl AsRawFd) -> io::Result<()> {
+        set_int_option(socket.as_raw_fd(), libc::SOL_UDP, UDP_GRO, 1)?;
+        self.gro = true;
+        Ok(())
+    }
+
+    /// Whether UDP GRO is on (see [`enable_udp_gro`](Self::enable_udp_gro)).
+    pub fn udp_gro(&self) -> bool {
+        self.gro
     }
 
     /// Number of slots.
@@ -114,16 +141,23 @@ impl RecvBatch {
             if truncated {
                 self.truncated_total += 1;
             }
+            let segment = if self.gro {
+                gro_segment_size(&header.msg_hdr)
+            } else {
+                0
+            };
             self.received.push(ReceivedMeta {
                 len: (header.msg_len as usize).min(self.slot_size),
                 source: socket_addr_from_storage(address, header.msg_hdr.msg_namelen),
                 truncated,
+                segment,
             });
         }
         Ok(count)
     }
 
-    /// The complete datagrams of the last [`recv`](Self::recv): payload and source.
+    /// The complete datagrams of the last [`recv`](Self::recv): payload and source, with
+    /// GRO-coalesced slots split back into the datagrams the peer sent.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> + '_ {
         self.received
             .iter()
@@ -132,11 +166,23 @@ impl RecvBatch {
             .filter_map(|(slot, meta)| {
                 let start = slot * self.slot_size;
                 let data = self.buffers.get(start..start + meta.len)?;
-                Some((data, meta.source?))
+                Some((data, meta.source?, meta.segment))
+            })
+            .flat_map(|(data, source, segment)| {
+                // chunks() of an empty datagram yields nothing, so keep it whole.
+                let size = if segment == 0 || data.is_empty() {
+                    data.len().max(1)
+                } else {
+                    segment
+                };
+                data.chunks(size)
+                    .chain(data.is_empty().then_some(data))
+                    .map(move |chunk| (chunk, source))
             })
     }
 
-    /// Datagram `index` of the last receive, `None` if out of range or truncated.
+    /// Slot `index` of the last receive (with GRO possibly several datagrams back to back),
+    /// `None` if out of range or truncated.
     pub fn get(&self, index: usize) -> Option<(&[u8], SocketAddr)> {
         let meta = self.received.get(index)?;
         if meta.truncated {
@@ -146,7 +192,8 @@ impl RecvBatch {
         Some((self.buffers.get(start..start + meta.len)?, meta.source?))
     }
 
-    /// Datagrams (complete or not) of the last receive.
+    /// Slots (complete or not) filled by the last receive; with GRO one slot may hold several
+    /// datagrams.
     pub fn len(&self) -> usize {
         self.received.len()
     }
@@ -182,9 +229,37 @@ impl RecvBatch {
             header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             header.msg_hdr.msg_iov = &mut self.iovecs[slot];
             header.msg_hdr.msg_iovlen = 1;
+            if self.gro {
+                header.msg_hdr.msg_control = self.controls[slot].as_mut_ptr().cast();
+                header.msg_hdr.msg_controllen = size_of::<ControlBuffer>();
+            }
             self.headers.push(header);
         }
     }
+}
+
+/// The `UDP_GRO` segment size in a received message's control data, 0 if there is none.
+fn gro_segment_size(header: &libc::msghdr) -> usize {
+    if header.msg_control.is_null() || header.msg_controllen == 0 {
+        return 0;
+    }
+    // SAFETY: the kernel filled `msg_controllen` bytes of our control buffer with cmsghdrs;
+    // CMSG_FIRSTHDR/NXTHDR stay within that length and return null past it.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP
+                && (*cmsg).cmsg_type == UDP_GRO
+                && (*cmsg).cmsg_len as usize
+                    >= libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize
+            {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                return usize::try_from(size).unwrap_or(0);
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    0
 }
 
 /// Counters of a [`SendBatch`] since creation.
@@ -196,6 +271,10 @@ pub struct SendStats {
     pub dropped: u64,
     /// Times a full socket or device queue (`EAGAIN`, `ENOBUFS`) made us wait and retry.
     pub retries: u64,
+    /// GSO messages the kernel refused and we re-sent one datagram per message: the path
+    /// cannot segment at all (`EIO`, ...: GSO then stays off), or the segment exceeds the
+    /// path MTU (`EMSGSIZE`: runs of that size then go unsegmented and may be fragmented).
+    pub gso_refused: u64,
 }
 
 /// Datagrams collected for one `sendmmsg`, each to its own destination.
@@ -210,6 +289,8 @@ pub struct SendBatch {
     stats: SendStats,
     last_error: Option<io::ErrorKind>,
     gso: bool,
+    /// GSO runs only for datagrams shorter than this (an `EMSGSIZE` lowers it).
+    gso_segment_limit: usize,
     /// Destinations as given, to find GSO runs.
     targets: Vec<SocketAddr>,
     /// Datagrams per message of the headers being sent.
@@ -237,6 +318,7 @@ impl SendBatch {
             stats: SendStats::default(),
             last_error: None,
             gso: false,
+            gso_segment_limit: usize::MAX,
             targets: Vec::with_capacity(capacity),
             groups: Vec::with_capacity(capacity),
             controls: Vec::with_capacity(capacity),
@@ -371,10 +453,26 @@ impl SendBatch {
                     self.clear();
                     return Err(error);
                 }
+                Some(libc::EMSGSIZE) if group > 1 => {
+                    // A segment plus headers exceeds the path MTU: GSO never fragments. Send
+                    // runs of this size (and larger) one datagram per message, which the IP
+                    // layer may fragment, and keep GSO for smaller ones.
+                    self.gso_segment_limit = self
+                        .lens
+                        .get(done)
+                        .copied()
+                        .unwrap_or(0)
+                        .min(self.gso_segment_limit);
+                    self.stats.gso_refused += 1;
+                    self.last_error = Some(error.kind());
+                    next_header = 0;
+                    self.prepare_headers(done);
+                }
                 Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) if group > 1 => {
                     // The path cannot segment (no checksum offload, old kernel): send the rest
                     // one datagram per message, now and from now on.
                     self.gso = false;
+                    self.stats.gso_refused += 1;
                     self.last_error = Some(error.kind());
                     next_header = 0;
                     self.prepare_headers(done);
@@ -489,7 +587,7 @@ impl SendBatch {
     /// End (exclusive) of the GSO run starting at datagram `start`.
     fn gso_run_end(&self, start: usize) -> usize {
         let segment = self.lens[start];
-        if segment == 0 {
+        if segment == 0 || segment >= self.gso_segment_limit {
             return start + 1;
         }
         let mut end = start + 1;
