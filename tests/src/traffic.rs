@@ -2,7 +2,7 @@
 //! Every process started here is ended by its PID.
 
 use std::{
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -124,15 +124,13 @@ impl Iperf3Server {
                 if !matches!(server.child.try_wait(), Ok(None)) {
                     return Some(false);
                 }
-                let connected = ns
-                    .run(move || {
-                        Ok(
-                            TcpStream::connect_timeout(&address, Duration::from_millis(200))
-                                .is_ok(),
-                        )
-                    })
+                // Ask the kernel, not iperf3: a probe connection that closes at once can make
+                // iperf3 3.12 reset the real client that queues behind it.
+                let listening = ns
+                    .exec(&["ss", "-Hltn", &format!("sport = :{port}")])
+                    .map(|output| !String::from_utf8_lossy(&output.stdout).trim().is_empty())
                     .unwrap_or(false);
-                connected.then_some(true)
+                listening.then_some(true)
             },
         )?;
         if !probe {
