@@ -18,12 +18,13 @@ use tokio::{
 use vpn_common::wan::{TunnelPortKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    config::{Config, Transport},
+    config::{Config, Role, Transport, Tunnel},
     io::{
         control::{ControlRequest, ControlSocket, Request, Response},
         ebpf::WanFilter,
         netlink::Netlink,
-        tunnel::TunnelRuntime,
+        server::{ClientInfo, ServerRuntime},
+        tunnel::{TunnelRuntime, TunnelRuntimeStatus},
     },
     status::{Status, TunnelStatus, WanStatus},
 };
@@ -49,12 +50,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let netlink = Arc::new(Netlink::new().await.context("opening rtnetlink")?);
     let mut tunnels = Vec::new();
     for tunnel in &config.tunnels {
-        match TunnelRuntime::start(&config, tunnel, netlink.clone()).await {
+        match Runtime::start(&config, tunnel, netlink.clone()).await {
             Ok(runtime) => tunnels.push(runtime),
             Err(error) => {
                 // Undo what already started before refusing to run.
                 for runtime in tunnels {
-                    TunnelRuntime::stop(runtime).await;
+                    Runtime::stop(runtime).await;
                 }
                 wan.detach()?;
                 return Err(error.context(format!("starting tunnel {}", tunnel.name)));
@@ -99,8 +100,54 @@ struct Running {
     config: Config,
     wan: WanFilter,
     started: Instant,
-    tunnels: Vec<TunnelRuntime>,
+    tunnels: Vec<Runtime>,
     netlink: Arc<Netlink>,
+}
+
+/// A running tunnel: the multi-client server for `role = "server"` over UDP, the single-peer
+/// runtime for everything else.
+enum Runtime {
+    Single(TunnelRuntime),
+    Server(ServerRuntime),
+}
+
+impl Runtime {
+    async fn start(
+        config: &Config,
+        tunnel: &Tunnel,
+        netlink: Arc<Netlink>,
+    ) -> anyhow::Result<Self> {
+        if tunnel.role == Role::Server && tunnel.transport == Transport::Udp {
+            Ok(Runtime::Server(
+                ServerRuntime::start(config, tunnel, netlink).await?,
+            ))
+        } else {
+            Ok(Runtime::Single(
+                TunnelRuntime::start(config, tunnel, netlink).await?,
+            ))
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Runtime::Single(runtime) => runtime.name(),
+            Runtime::Server(runtime) => runtime.name(),
+        }
+    }
+
+    fn status(&self) -> (TunnelRuntimeStatus, Vec<ClientInfo>) {
+        match self {
+            Runtime::Single(runtime) => (runtime.status(), Vec::new()),
+            Runtime::Server(runtime) => (runtime.status(), runtime.clients()),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Runtime::Single(runtime) => runtime.stop().await,
+            Runtime::Server(runtime) => runtime.stop().await,
+        }
+    }
 }
 
 impl Running {
@@ -134,11 +181,12 @@ impl Running {
                 .tunnels
                 .iter()
                 .map(|tunnel| {
-                    let runtime = self
+                    let (runtime, clients) = self
                         .tunnels
                         .iter()
                         .find(|runtime| runtime.name() == tunnel.name)
-                        .map(TunnelRuntime::status);
+                        .map(Runtime::status)
+                        .unzip();
                     TunnelStatus {
                         name: tunnel.name.clone(),
                         role: tunnel.role.to_string(),
@@ -150,6 +198,7 @@ impl Running {
                             .as_ref()
                             .map_or_else(|| "stopped".to_owned(), |runtime| runtime.state.clone()),
                         runtime,
+                        clients: clients.unwrap_or_default(),
                     }
                 })
                 .collect(),
@@ -178,7 +227,9 @@ impl Running {
             }
             return;
         }
-        // Tunnels whose settings changed restart; the others keep their sessions.
+        // Tunnels whose settings changed restart; the others keep their sessions. A server's
+        // client config files are not part of its settings: they are read when each client
+        // connects, so a change there restarts nothing and applies on the client's reconnect.
         let mut kept = Vec::new();
         for runtime in std::mem::take(&mut self.tunnels) {
             let old = self
@@ -201,7 +252,7 @@ impl Running {
             if kept.iter().any(|runtime| runtime.name() == tunnel.name) {
                 continue;
             }
-            match TunnelRuntime::start(&new, tunnel, self.netlink.clone()).await {
+            match Runtime::start(&new, tunnel, self.netlink.clone()).await {
                 Ok(runtime) => kept.push(runtime),
                 Err(error) => {
                     tracing::error!(tunnel = %tunnel.name, error = %format!("{error:#}"), "SIGHUP: cannot start tunnel")

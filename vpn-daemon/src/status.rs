@@ -37,6 +37,9 @@ pub struct TunnelStatus {
     pub state: String,
     /// Session and data-path details while the tunnel runs.
     pub runtime: Option<crate::io::tunnel::TunnelRuntimeStatus>,
+    /// A multi-client server's connected clients, by tunnel address (empty for other roles).
+    #[serde(default)]
+    pub clients: Vec<crate::io::server::ClientInfo>,
 }
 
 impl Status {
@@ -88,6 +91,25 @@ impl Status {
                 for (name, value) in &runtime.counters {
                     let _ = writeln!(out, "  {name:<20} {value}");
                 }
+            }
+            if !tunnel.clients.is_empty() {
+                let _ = writeln!(out, "  clients ({}):", tunnel.clients.len());
+            }
+            for client in &tunnel.clients {
+                let iroutes: Vec<String> = client.iroutes.iter().map(ToString::to_string).collect();
+                let _ = writeln!(
+                    out,
+                    "    {:<15} cn {} from {} peer-id {}{}",
+                    client.virtual_address,
+                    client.common_name,
+                    client.real_address,
+                    client.peer_id,
+                    if iroutes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" iroutes {}", iroutes.join(" "))
+                    }
+                );
             }
         }
         out

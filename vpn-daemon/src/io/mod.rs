@@ -2,6 +2,7 @@
 pub mod control;
 pub mod ebpf;
 pub mod netlink;
+pub mod server;
 pub mod tun;
 pub mod tunnel;
 pub mod udp_batch;

@@ -1,0 +1,354 @@
+//! Our multi-client server (`role = "server"`) with many stock OpenVPN 2.6 clients at once:
+//! pooled and ccd-fixed addresses, pings to the server, client-to-client, an iroute subnet
+//! reachable from the server side and from another client (and gone after its client left),
+//! and a ccd `disable` client refused.
+//!
+//! ```text
+//!                      ns "srv" (our vpn-daemon, server 10.77.0.1/24 on vpn-mc)
+//!                      s0 172.31.0.1/24  s1 172.31.1.1/24  ...  sN 172.31.N.1/24
+//!                         |                 |                      |
+//!   ns "c0": c0 172.31.0.2/24   ns "c1": c0 172.31.1.2/24   ...   (one stock client each,
+//!            tun ovpn-c                  tun ovpn-c                 CN mc-NN)
+//!   mc-07 also has 192.168.107.1/32 on lo: its iroute 192.168.107.0/24 (ccd).
+//!   mc-03 gets ifconfig-push 10.77.0.200 (ccd); mc-disabled is refused (ccd `disable`).
+//! ```
+//! Namespaces are `vpnt-<pid>-<seq>-...` and removed on drop, also on failure.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use vpn_tests::{
+    daemon::Daemon,
+    openvpn::{OpenVpnConfig, OpenVpnPeer, Protection},
+    pki::Pki,
+    require_root,
+    traffic::{ping, wait_for_ping},
+    veth_pair, wait_for, NetNs,
+};
+
+const CLIENTS: usize = 50;
+const UP: &str = "Initialization Sequence Completed";
+const IROUTE_CLIENT: usize = 7;
+const FIXED_CLIENT: usize = 3;
+
+fn common_name(index: usize) -> String {
+    format!("mc-{index:02}")
+}
+
+fn client_wan(index: usize) -> (String, String) {
+    (
+        format!("172.31.{index}.2/24"),
+        format!("172.31.{index}.1/24"),
+    )
+}
+
+fn server_wan(index: usize) -> SocketAddr {
+    SocketAddr::from(([172, 31, index as u8, 1], 1194))
+}
+
+/// The server namespace, our daemon's config dir, and one namespace per client.
+struct Lab {
+    server: NetNs,
+    clients: Vec<NetNs>,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new(clients: usize) -> Lab {
+        let server = NetNs::new("srv").expect("server namespace");
+        let mut namespaces = Vec::new();
+        for index in 0..clients {
+            let ns = NetNs::new(&format!("c{index}")).expect("client namespace");
+            let (client_address, server_address) = client_wan(index);
+            veth_pair(
+                (&ns, "c0", &client_address),
+                (&server, &format!("s{index}"), &server_address),
+            )
+            .expect("veth pair");
+            namespaces.push(ns);
+        }
+        Lab {
+            server,
+            clients: namespaces,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+}
+
+/// Writes the server config (and its ccd dir) and starts our daemon in the server namespace.
+fn start_server(lab: &Lab, extra: &str) -> Daemon {
+    let pki = Pki::shared().expect("PKI");
+    let dir = lab.dir.path();
+    let ccd = dir.join("ccd");
+    std::fs::create_dir_all(&ccd).expect("ccd dir");
+    std::fs::write(
+        ccd.join(common_name(FIXED_CLIENT)),
+        "# a fixed address\nifconfig-push 10.77.0.200 255.255.255.0\n",
+    )
+    .expect("ccd file");
+    std::fs::write(
+        ccd.join(common_name(IROUTE_CLIENT)),
+        "iroute 192.168.107.0 255.255.255.0\n",
+    )
+    .expect("ccd file");
+    std::fs::write(ccd.join("mc-disabled"), "disable\n").expect("ccd file");
+    let socket = dir.join("ctl.sock");
+    let text = format!(
+        "version = 1\n[node]\nname = \"mc\"\ncontrol_socket = {socket:?}\n\
+         [pki]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\
+         [interfaces]\nwan = \"s0\"\nxdp_mode = \"generic\"\n\
+         [[tunnel]]\nname = \"mc\"\nrole = \"server\"\ndevice = \"vpn-mc\"\nlocal = \"0.0.0.0:1194\"\n\
+         tls_crypt = {tls_crypt:?}\nkeepalive = {{ interval = 5, timeout = 30 }}\n\
+         remote_cert_tls = \"client\"\nserver = \"10.77.0.0/24\"\n\
+         push_routes = [\"192.168.107.0/24\"]\nclient_config_dir = \"ccd\"\n{extra}",
+        socket = socket.display().to_string(),
+        ca = pki.ca.display().to_string(),
+        cert = pki.server_cert.display().to_string(),
+        key = pki.server_key.display().to_string(),
+        tls_crypt = pki.tls_crypt_key.display().to_string(),
+    );
+    let config = dir.join("vpn.toml");
+    std::fs::write(&config, &text).expect("writing config");
+    let mut daemon = Daemon::start(&lab.server, &config, &socket, &dir.join("daemon.log"))
+        .expect("starting vpn-daemon");
+    daemon
+        .wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|error| panic!("daemon not ready: {error:#}\nconfig:\n{text}"));
+    daemon
+}
+
+fn start_client(ns: &NetNs, index: usize, common_name: &str) -> OpenVpnPeer {
+    let pki = Pki::shared().expect("PKI");
+    let mut config = OpenVpnConfig::client(vec![server_wan(index)]);
+    config.protection = Protection::TlsCrypt;
+    config.dev = "ovpn-c".into();
+    config.identity_files = Some(
+        pki.client_identity(common_name)
+            .expect("client certificate"),
+    );
+    config.extra.push("explicit-exit-notify 1".into());
+    OpenVpnPeer::start(ns, &config, pki).expect("stock client")
+}
+
+/// The connected clients in our status, as (common name, address, iroutes).
+fn connected(daemon: &Daemon) -> Vec<(String, Ipv4Addr, Vec<String>)> {
+    let Ok(status) = daemon.status() else {
+        return Vec::new();
+    };
+    status["tunnels"][0]["clients"]
+        .as_array()
+        .map(|clients| {
+            clients
+                .iter()
+                .filter_map(|client| {
+                    let iroutes = client["iroutes"]
+                        .as_array()
+                        .map(|routes| {
+                            routes
+                                .iter()
+                                .filter_map(|route| route.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    Some((
+                        client["common_name"].as_str()?.to_owned(),
+                        client["virtual_address"].as_str()?.parse().ok()?,
+                        iroutes,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The IPv4 address on `dev` in `ns`.
+fn tunnel_address(ns: &NetNs, dev: &str) -> Option<Ipv4Addr> {
+    let output = ns.ip(&["-4", "-o", "addr", "show", "dev", dev]).ok()?;
+    let word = output
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)?;
+    word.split('/').next()?.parse().ok()
+}
+
+fn our_routes(ns: &NetNs) -> String {
+    ns.ip(&["route", "show", "proto", "156"])
+        .unwrap_or_default()
+}
+
+fn assert_pings(from: &NetNs, to: Ipv4Addr, context: &dyn Fn() -> String) {
+    if let Err(error) = wait_for_ping(from, IpAddr::V4(to), Duration::from_secs(15)) {
+        panic!(
+            "no ping reply from {to} in {}: {error:#}\n{}",
+            from.name(),
+            context()
+        );
+    }
+    let result = ping(from, IpAddr::V4(to), 2).expect("ping");
+    assert_eq!(
+        result.received,
+        2,
+        "ping {to} from {}: {result:?}",
+        from.name()
+    );
+}
+
+#[test]
+fn fifty_stock_clients_pool_ccd_client_to_client_iroute_and_disable() {
+    if !require_root("fifty_stock_clients_pool_ccd_client_to_client_iroute_and_disable") {
+        return;
+    }
+    let started = Instant::now();
+    let pki = Pki::shared().expect("PKI");
+    // Certificates first (quick P-256 keys), so that the clients start together.
+    for index in 0..CLIENTS {
+        pki.client_identity(&common_name(index))
+            .expect("client cert");
+    }
+    pki.client_identity("mc-disabled").expect("client cert");
+    // One more namespace for the refused client.
+    let lab = Lab::new(CLIENTS + 1);
+    lab.clients[IROUTE_CLIENT]
+        .ip(&["addr", "add", "192.168.107.1/32", "dev", "lo"])
+        .expect("iroute subnet address");
+    let daemon = start_server(&lab, "client_to_client = true\n");
+    let context = || format!("ours:\n{}", daemon.log());
+
+    let mut clients: Vec<Option<OpenVpnPeer>> = (0..CLIENTS)
+        .map(|index| {
+            Some(start_client(
+                &lab.clients[index],
+                index,
+                &common_name(index),
+            ))
+        })
+        .collect();
+    let all_up = wait_for(
+        "50 stock clients to connect",
+        Duration::from_secs(90),
+        || (connected(&daemon).len() == CLIENTS).then_some(()),
+    );
+    if let Err(error) = all_up {
+        let up = clients
+            .iter()
+            .flatten()
+            .filter(|client| client.log().contains(UP))
+            .count();
+        panic!(
+            "{error:#}: {} in our status, {up} stock clients up\n{}",
+            connected(&daemon).len(),
+            context()
+        );
+    }
+    eprintln!("{CLIENTS} clients connected after {:?}", started.elapsed());
+
+    // Each client has the address our status reports; the ccd one its fixed address, the rest
+    // distinct pool addresses; and each reaches the server.
+    let status = connected(&daemon);
+    let mut addresses = BTreeSet::new();
+    for index in 0..CLIENTS {
+        let name = common_name(index);
+        let (_, address, iroutes) = status
+            .iter()
+            .find(|(cn, _, _)| *cn == name)
+            .unwrap_or_else(|| panic!("{name} not in status {status:?}"));
+        assert!(addresses.insert(*address), "{address} given twice");
+        if index == FIXED_CLIENT {
+            assert_eq!(*address, Ipv4Addr::new(10, 77, 0, 200));
+        } else {
+            assert!(
+                (2..=253).contains(&address.octets()[3]) && address.octets()[..3] == [10, 77, 0],
+                "{name}: {address} outside the pool"
+            );
+        }
+        if index == IROUTE_CLIENT {
+            assert_eq!(iroutes, &vec!["192.168.107.0/24".to_owned()]);
+        }
+        let ns = &lab.clients[index];
+        let on_tun = wait_for("the client's tun address", Duration::from_secs(10), || {
+            tunnel_address(ns, "ovpn-c")
+        })
+        .expect("tun address");
+        assert_eq!(on_tun, *address, "{name}: tun address vs our status");
+        assert_pings(ns, Ipv4Addr::new(10, 77, 0, 1), &context);
+    }
+    let address_of = |index: usize| {
+        status
+            .iter()
+            .find(|(cn, _, _)| *cn == common_name(index))
+            .unwrap()
+            .1
+    };
+
+    // client-to-client, sample pairs (the fixed-address client among them).
+    for (from, to) in [
+        (0, 49),
+        (49, 0),
+        (12, FIXED_CLIENT),
+        (FIXED_CLIENT, 30),
+        (25, 26),
+    ] {
+        assert_pings(&lab.clients[from], address_of(to), &context);
+    }
+
+    // The iroute subnet: routed in the kernel with our protocol id, reachable from the server
+    // side and from another client.
+    assert!(
+        our_routes(&lab.server).contains("192.168.107.0/24 dev vpn-mc"),
+        "routes: {}",
+        our_routes(&lab.server)
+    );
+    let iroute_host = Ipv4Addr::new(192, 168, 107, 1);
+    assert_pings(&lab.server, iroute_host, &context);
+    assert_pings(&lab.clients[20], iroute_host, &context);
+
+    // The iroute client leaves: its route, address and status entry are gone.
+    if let Some(mut client) = clients[IROUTE_CLIENT].take() {
+        client.stop(Duration::from_secs(5));
+    }
+    wait_for(
+        "the iroute client to disconnect",
+        Duration::from_secs(10),
+        || {
+            (!connected(&daemon)
+                .iter()
+                .any(|(cn, _, _)| *cn == common_name(IROUTE_CLIENT)))
+            .then_some(())
+        },
+    )
+    .unwrap_or_else(|error| panic!("{error:#}\n{}", context()));
+    wait_for(
+        "the iroute kernel route to go",
+        Duration::from_secs(5),
+        || (!our_routes(&lab.server).contains("192.168.107.0/24")).then_some(()),
+    )
+    .unwrap_or_else(|error| panic!("{error:#}: {}", our_routes(&lab.server)));
+    // Without the route ping may fail outright (network unreachable); either way no reply.
+    if let Ok(after) = ping(&lab.server, IpAddr::V4(iroute_host), 1) {
+        assert_eq!(after.received, 0, "the iroute subnet still answers");
+    }
+    assert_eq!(connected(&daemon).len(), CLIENTS - 1);
+
+    // ccd `disable`: refused with AUTH_FAILED, never listed.
+    let refused = start_client(&lab.clients[CLIENTS], CLIENTS, "mc-disabled");
+    refused
+        .wait_for_log("AUTH_FAILED", Duration::from_secs(30))
+        .unwrap_or_else(|error| panic!("{error:#}\n{}\n{}", refused.log_tail(30), context()));
+    assert!(!connected(&daemon)
+        .iter()
+        .any(|(cn, _, _)| cn == "mc-disabled"));
+
+    // Shutdown leaves nothing behind: no route of ours, no tun device.
+    let mut daemon = daemon;
+    daemon.stop(Duration::from_secs(15)).expect("daemon stops");
+    assert_eq!(our_routes(&lab.server).trim(), "", "routes left behind");
+    assert!(
+        lab.server.ip(&["link", "show", "dev", "vpn-mc"]).is_err(),
+        "tun device left behind"
+    );
+    drop(clients);
+    eprintln!("done after {:?}", started.elapsed());
+}
