@@ -1112,6 +1112,9 @@ impl ControlTask {
                     }
                 }
                 SessionEvent::Ended(end) => {
+                    if let SessionEnd::TlsFailed(reason) = &end {
+                        tracing::error!(tunnel = %self.name, peer = %address, "session refused: {reason}");
+                    }
                     ended = Some(match end {
                         SessionEnd::PeerExit => "the client exited".to_owned(),
                         other => other.to_string(),
