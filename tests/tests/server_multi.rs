@@ -17,6 +17,7 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -80,8 +81,18 @@ impl Lab {
 
 /// Writes the server config (and its ccd dir) and starts our daemon in the server namespace.
 fn start_server(lab: &Lab, extra: &str) -> Daemon {
+    start_server_with(lab, "10.77.0.0/24", extra)
+}
+
+fn start_server_with(lab: &Lab, subnet: &str, extra: &str) -> Daemon {
+    start_daemon(&lab.server, lab.dir.path(), subnet, extra)
+}
+
+/// Our server daemon in `ns` with its files in `dir`; the node name (which names its BPF pin
+/// directory) comes from the subnet, so tests running at once never share one.
+fn start_daemon(ns: &NetNs, dir: &Path, subnet: &str, extra: &str) -> Daemon {
     let pki = Pki::shared().expect("PKI");
-    let dir = lab.dir.path();
+    let node = format!("mc{}", subnet.split('.').nth(1).expect("dotted subnet"));
     let ccd = dir.join("ccd");
     std::fs::create_dir_all(&ccd).expect("ccd dir");
     std::fs::write(
@@ -97,23 +108,28 @@ fn start_server(lab: &Lab, extra: &str) -> Daemon {
     std::fs::write(ccd.join("mc-disabled"), "disable\n").expect("ccd file");
     let socket = dir.join("ctl.sock");
     let text = format!(
-        "version = 1\n[node]\nname = \"mc\"\ncontrol_socket = {socket:?}\n\
+        "version = 1\n[node]\nname = \"{node}\"\ncontrol_socket = {socket:?}\n\
          [pki]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\
          [interfaces]\nwan = \"s0\"\nxdp_mode = \"generic\"\n\
          [[tunnel]]\nname = \"mc\"\nrole = \"server\"\ndevice = \"vpn-mc\"\nlocal = \"0.0.0.0:1194\"\n\
-         tls_crypt = {tls_crypt:?}\nkeepalive = {{ interval = 5, timeout = 30 }}\n\
-         remote_cert_tls = \"client\"\nserver = \"10.77.0.0/24\"\n\
+         tls_crypt = {tls_crypt:?}\n{keepalive}\
+         remote_cert_tls = \"client\"\nserver = \"{subnet}\"\n\
          push_routes = [\"192.168.107.0/24\"]\nclient_config_dir = \"ccd\"\n{extra}",
         socket = socket.display().to_string(),
         ca = pki.ca.display().to_string(),
         cert = pki.server_cert.display().to_string(),
         key = pki.server_key.display().to_string(),
         tls_crypt = pki.tls_crypt_key.display().to_string(),
+        keepalive = if extra.contains("keepalive") {
+            ""
+        } else {
+            "keepalive = { interval = 5, timeout = 30 }\n"
+        },
     );
     let config = dir.join("vpn.toml");
     std::fs::write(&config, &text).expect("writing config");
-    let mut daemon = Daemon::start(&lab.server, &config, &socket, &dir.join("daemon.log"))
-        .expect("starting vpn-daemon");
+    let mut daemon =
+        Daemon::start(ns, &config, &socket, &dir.join("daemon.log")).expect("starting vpn-daemon");
     daemon
         .wait_ready(Duration::from_secs(20))
         .unwrap_or_else(|error| panic!("daemon not ready: {error:#}\nconfig:\n{text}"));
@@ -174,6 +190,13 @@ fn tunnel_address(ns: &NetNs, dev: &str) -> Option<Ipv4Addr> {
     word.split('/').next()?.parse().ok()
 }
 
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn our_routes(ns: &NetNs) -> String {
     ns.ip(&["route", "show", "proto", "156"])
         .unwrap_or_default()
@@ -216,6 +239,7 @@ fn fifty_stock_clients_pool_ccd_client_to_client_iroute_and_disable() {
         .expect("iroute subnet address");
     let daemon = start_server(&lab, "client_to_client = true\n");
     let context = || format!("ours:\n{}", daemon.log());
+    let rss_idle = daemon.pid().and_then(rss_kib);
 
     let mut clients: Vec<Option<OpenVpnPeer>> = (0..CLIENTS)
         .map(|index| {
@@ -243,7 +267,12 @@ fn fifty_stock_clients_pool_ccd_client_to_client_iroute_and_disable() {
             context()
         );
     }
-    eprintln!("{CLIENTS} clients connected after {:?}", started.elapsed());
+    eprintln!(
+        "{CLIENTS} clients connected after {:?}; daemon RSS {:?} KiB idle, {:?} KiB with {CLIENTS} clients",
+        started.elapsed(),
+        rss_idle,
+        daemon.pid().and_then(rss_kib)
+    );
 
     // Each client has the address our status reports; the ccd one its fixed address, the rest
     // distinct pool addresses; and each reaches the server.
@@ -351,4 +380,237 @@ fn fifty_stock_clients_pool_ccd_client_to_client_iroute_and_disable() {
     );
     drop(clients);
     eprintln!("done after {:?}", started.elapsed());
+}
+
+/// The real (outer) address our status reports for `name`.
+fn real_address(daemon: &Daemon, name: &str) -> Option<String> {
+    let status = daemon.status().ok()?;
+    status["tunnels"][0]["clients"]
+        .as_array()?
+        .iter()
+        .find(|client| client["common_name"] == name)
+        .and_then(|client| client["real_address"].as_str().map(str::to_owned))
+}
+
+fn address_in_status(daemon: &Daemon, name: &str) -> Option<Ipv4Addr> {
+    connected(daemon)
+        .into_iter()
+        .find(|(cn, _, _)| cn == name)
+        .map(|(_, address, _)| address)
+}
+
+/// net30, a ccd change picked up by SIGHUP without dropping anyone (applied on the client's
+/// reconnect), and duplicate-cn off: a second connection with a name replaces the first.
+#[test]
+fn net30_ccd_reload_on_reconnect_and_duplicate_cn_replacement() {
+    if !require_root("net30_ccd_reload_on_reconnect_and_duplicate_cn_replacement") {
+        return;
+    }
+    let pki = Pki::shared().expect("PKI");
+    for name in ["mc-a", "mc-b"] {
+        pki.client_identity(name).expect("client cert");
+    }
+    let started = Instant::now();
+    let lab = Lab::new(3);
+    let daemon = start_server_with(&lab, "10.78.0.0/24", "topology = \"net30\"\n");
+    let context = || format!("ours:\n{}", daemon.log());
+    let mut a = start_client(&lab.clients[0], 0, "mc-a");
+    let b = start_client(&lab.clients[1], 1, "mc-b");
+    wait_for("two clients", Duration::from_secs(30), || {
+        (connected(&daemon).len() == 2).then_some(())
+    })
+    .unwrap_or_else(|error| panic!("{error:#}\n{}", context()));
+    // net30: one /30 per client, the client on the block's second host (.6, .10, ...).
+    let a_address = address_in_status(&daemon, "mc-a").expect("mc-a listed");
+    let b_address = address_in_status(&daemon, "mc-b").expect("mc-b listed");
+    for address in [a_address, b_address] {
+        assert_eq!(
+            address.octets()[3] % 4,
+            2,
+            "{address} is not a net30 client host"
+        );
+    }
+    assert_pings(&lab.clients[0], Ipv4Addr::new(10, 78, 0, 1), &context);
+    assert_pings(&lab.clients[1], Ipv4Addr::new(10, 78, 0, 1), &context);
+    assert_pings(&lab.server, b_address, &context);
+
+    eprintln!("step at {:?}", started.elapsed());
+    // A new ccd file for mc-a, then SIGHUP: nobody is dropped, nothing changes yet.
+    std::fs::write(
+        lab.dir.path().join("ccd/mc-a"),
+        "ifconfig-push 10.78.0.42 10.78.0.41\n",
+    )
+    .expect("ccd file");
+    daemon.signal(libc::SIGHUP).expect("SIGHUP");
+    wait_for("the reload", Duration::from_secs(10), || {
+        daemon
+            .log()
+            .contains("SIGHUP: config reloaded")
+            .then_some(())
+    })
+    .unwrap_or_else(|error| panic!("{error:#}\n{}", context()));
+    assert!(
+        !daemon.log().contains("SIGHUP: stopping tunnel"),
+        "{}",
+        context()
+    );
+    assert_eq!(address_in_status(&daemon, "mc-a"), Some(a_address));
+    assert_eq!(address_in_status(&daemon, "mc-b"), Some(b_address));
+    assert_pings(&lab.server, b_address, &context);
+
+    eprintln!("step at {:?}", started.elapsed());
+    // mc-a reconnects and gets its new fixed address; mc-b keeps its tunnel throughout.
+    a.stop(Duration::from_secs(5));
+    wait_for("mc-a to leave", Duration::from_secs(10), || {
+        address_in_status(&daemon, "mc-a").is_none().then_some(())
+    })
+    .unwrap_or_else(|error| panic!("{error:#}\n{}", context()));
+    let _a = start_client(&lab.clients[0], 0, "mc-a");
+    wait_for("mc-a with its ccd address", Duration::from_secs(30), || {
+        (address_in_status(&daemon, "mc-a") == Some(Ipv4Addr::new(10, 78, 0, 42))).then_some(())
+    })
+    .unwrap_or_else(|error| panic!("{error:#}\n{}", context()));
+    assert_pings(&lab.clients[0], Ipv4Addr::new(10, 78, 0, 1), &context);
+    assert_eq!(address_in_status(&daemon, "mc-b"), Some(b_address));
+
+    eprintln!("step at {:?}", started.elapsed());
+    // duplicate-cn off: mc-b again, from the third namespace, replaces the first mc-b.
+    let first_b_real = real_address(&daemon, "mc-b").expect("mc-b real address");
+    let _b2 = start_client(&lab.clients[2], 2, "mc-b");
+    wait_for(
+        "the second mc-b to replace the first",
+        Duration::from_secs(30),
+        || {
+            let real = real_address(&daemon, "mc-b")?;
+            (real != first_b_real).then_some(real)
+        },
+    )
+    .unwrap_or_else(|error| panic!("{error:#}\n{}", context()));
+    assert_eq!(
+        connected(&daemon)
+            .iter()
+            .filter(|(cn, _, _)| cn == "mc-b")
+            .count(),
+        1
+    );
+    assert!(real_address(&daemon, "mc-b")
+        .unwrap()
+        .starts_with("172.31.2.2:"));
+    assert_pings(&lab.clients[2], Ipv4Addr::new(10, 78, 0, 1), &context);
+    eprintln!("step at {:?}", started.elapsed());
+    drop(b);
+}
+
+/// A stock client with two `remote` lines, our server behind each; the first one goes away and
+/// the client must carry on with the second. Returns how long pings through the tunnel failed.
+///
+/// ```text
+///   ns "s1": our server, 10.N.0.1   s0 172.30.1.1 --- c1 172.30.1.2  ns "c": stock client
+///   ns "s2": our server, 10.N.0.1   s0 172.30.2.1 --- c2 172.30.2.2   remote s1, remote s2
+/// ```
+fn failover_gap(subnet_octet: u8, graceful: bool) -> Duration {
+    let pki = Pki::shared().expect("PKI");
+    let name = format!("fo-{subnet_octet}");
+    pki.client_identity(&name).expect("client cert");
+    let first = NetNs::new("s1").expect("namespace");
+    let second = NetNs::new("s2").expect("namespace");
+    let client_ns = NetNs::new("c").expect("namespace");
+    veth_pair(
+        (&client_ns, "c1", "172.30.1.2/24"),
+        (&first, "s0", "172.30.1.1/24"),
+    )
+    .expect("veth");
+    veth_pair(
+        (&client_ns, "c2", "172.30.2.2/24"),
+        (&second, "s0", "172.30.2.1/24"),
+    )
+    .expect("veth");
+    let dirs = [
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    ];
+    // Same tunnel subnet on both servers: the client's address and routes look the same.
+    let subnet = format!("10.{subnet_octet}.0.0/24");
+    let keepalive = "keepalive = { interval = 2, timeout = 10 }\n";
+    let mut daemon_one = start_daemon(&first, dirs[0].path(), &subnet, keepalive);
+    let _daemon_two = start_daemon(&second, dirs[1].path(), &subnet, keepalive);
+    let mut config = OpenVpnConfig::client(vec![
+        SocketAddr::from(([172, 30, 1, 1], 1194)),
+        SocketAddr::from(([172, 30, 2, 1], 1194)),
+    ]);
+    config.protection = Protection::TlsCrypt;
+    config.dev = "ovpn-c".into();
+    config.identity_files = Some(pki.client_identity(&name).expect("client cert"));
+    config.extra.push("explicit-exit-notify 1".into());
+    let client = OpenVpnPeer::start(&client_ns, &config, pki).expect("stock client");
+    client
+        .wait_for_log(UP, Duration::from_secs(30))
+        .unwrap_or_else(|error| panic!("{error:#}\n{}", daemon_one.log()));
+    let server_address = Ipv4Addr::new(10, subnet_octet, 0, 1);
+    assert_pings(&client_ns, server_address, &|| daemon_one.log());
+    assert!(real_address(&daemon_one, &name).is_some());
+
+    let stopped = Instant::now();
+    if graceful {
+        // Our server stops: it tells the client (EXIT on the control channel, or
+        // explicit-exit-notify on the data channel).
+        daemon_one
+            .stop(Duration::from_secs(10))
+            .expect("first server stops");
+    } else {
+        // The first server vanishes without a word: only keepalive can tell.
+        first.ip(&["link", "set", "s0", "down"]).expect("link down");
+    }
+    wait_for(
+        "pings through the second server",
+        Duration::from_secs(60),
+        || ping_once(&client_ns, server_address).then_some(()),
+    )
+    .unwrap_or_else(|error| panic!("{error:#}\nclient:\n{}", client.log_tail(40)));
+    let gap = stopped.elapsed();
+    assert!(
+        client.log().contains("172.30.2.1"),
+        "the client did not move to the second server:\n{}",
+        client.log_tail(40)
+    );
+    gap
+}
+
+fn ping_once(ns: &NetNs, to: Ipv4Addr) -> bool {
+    ns.command("ping")
+        .ok()
+        .and_then(|mut command| {
+            command
+                .args(["-c", "1", "-W", "1", &to.to_string()])
+                .output()
+                .ok()
+        })
+        .is_some_and(|output| output.status.success())
+}
+
+#[test]
+fn failover_to_the_second_remote_when_the_first_server_stops() {
+    if !require_root("failover_to_the_second_remote_when_the_first_server_stops") {
+        return;
+    }
+    let gap = failover_gap(81, true);
+    eprintln!("failover gap with exit notification: {gap:?}");
+    // RESTART,[N]: the client goes to its next remote at once; that takes one handshake
+    // (without [N] it first retries the stopped server for its 5 s connect-timeout).
+    assert!(gap < Duration::from_secs(4), "gap {gap:?}");
+}
+
+#[test]
+fn failover_to_the_second_remote_when_the_first_server_vanishes() {
+    if !require_root("failover_to_the_second_remote_when_the_first_server_vanishes") {
+        return;
+    }
+    let gap = failover_gap(82, false);
+    eprintln!("failover gap with keepalive 2/10 only: {gap:?}");
+    // ping-restart 10 s (pushed by keepalive), then a handshake with the second server.
+    assert!(
+        gap >= Duration::from_secs(8),
+        "gap {gap:?}: faster than keepalive can tell"
+    );
+    assert!(gap < Duration::from_secs(30), "gap {gap:?}");
 }

@@ -1311,7 +1311,9 @@ impl ControlTask {
             let Some(connection) = self.connections.get_mut(&address) else {
                 continue;
             };
-            let sent_exit = connection.session.close(now);
+            // RESTART,[N]: the client reconnects at once, to its next remote if it has one
+            // (another server of the deployment), instead of waiting for its ping-restart.
+            let sent_exit = connection.session.restart_peer(now, true);
             let plane = connection
                 .admitted
                 .as_ref()
