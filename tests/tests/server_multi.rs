@@ -614,3 +614,266 @@ fn failover_to_the_second_remote_when_the_first_server_vanishes() {
     );
     assert!(gap < Duration::from_secs(30), "gap {gap:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark: connection setup rate and daemon memory with 1, 100 and 1000 clients
+
+mod simulated {
+    //! Simulated clients: our own sans-IO client `Session` per UDP socket, driven in one thread.
+    use std::{
+        net::{SocketAddr, UdpSocket},
+        sync::Arc,
+        time::{Duration, Instant},
+    };
+
+    use vpn_daemon::{
+        config::{self, CertUsage, Cipher, TlsRole, Transport},
+        proto::{
+            control_codec::{ControlCodec, Protection},
+            keys::StaticKey,
+            options::{options_string, OccOptions, OccTransport, PeerInfo},
+            session::{LinkActivity, Session, SessionConfig, SessionEvent, SessionMode, TlsSetup},
+            tls::{self, PeerChecks, PkiMaterial},
+            tls_crypt::TlsCrypt,
+        },
+    };
+    use vpn_tests::pki::Pki;
+
+    pub struct Client {
+        socket: UdpSocket,
+        session: Session,
+        pub pushed: bool,
+        pub failed: Option<String>,
+    }
+
+    pub struct Factory {
+        config: SessionConfig,
+        tls_crypt: Arc<StaticKey>,
+        server: SocketAddr,
+    }
+
+    impl Factory {
+        pub fn new(pki: &Pki, server: SocketAddr) -> Factory {
+            let material = PkiMaterial::load(&config::Pki {
+                ca: pki.ca.clone(),
+                cert: pki.client_cert.clone(),
+                key: pki.client_key.clone(),
+                crl: None,
+            })
+            .expect("client PKI");
+            let checks = PeerChecks {
+                remote_cert_tls: Some(CertUsage::Server),
+                verify_x509_name: None,
+            };
+            let tls = TlsSetup::Client(tls::client_config(&material, &checks).expect("TLS"));
+            let ciphers = Cipher::ALL.to_vec();
+            let mut config =
+                SessionConfig::new(tls, SessionMode::Client, Transport::Udp, ciphers.clone());
+            config.options_string = options_string(&OccOptions {
+                role: TlsRole::Client,
+                transport: OccTransport::Udp,
+                tun_mtu: 1500,
+                cipher: ciphers.first().copied(),
+                ifconfig: None,
+                tls_auth: false,
+                key_direction: None,
+            });
+            config.peer_info = PeerInfo::ours(&ciphers, false, 1500);
+            let text = std::fs::read_to_string(&pki.tls_crypt_key).expect("tls-crypt key");
+            Factory {
+                config,
+                tls_crypt: Arc::new(StaticKey::parse(&text).expect("tls-crypt key")),
+                server,
+            }
+        }
+
+        pub fn connect(&self) -> Client {
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            socket.connect(self.server).expect("connect");
+            socket.set_nonblocking(true).expect("nonblocking");
+            let now_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_secs() as u32)
+                .unwrap_or(0);
+            let codec = ControlCodec::new(
+                Protection::TlsCrypt(TlsCrypt::new(&self.tls_crypt, TlsRole::Client)),
+                now_unix,
+            );
+            let random = Box::new(|buffer: &mut [u8]| {
+                // SAFETY: getrandom writes at most buffer.len() bytes into the valid buffer.
+                let filled =
+                    unsafe { libc::getrandom(buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+                assert_eq!(filled, buffer.len() as isize, "getrandom");
+            });
+            let session =
+                Session::new(self.config.clone(), codec, Instant::now(), now_unix, random)
+                    .expect("session");
+            let mut client = Client {
+                socket,
+                session,
+                pushed: false,
+                failed: None,
+            };
+            client.flush();
+            client
+        }
+    }
+
+    impl Client {
+        fn flush(&mut self) {
+            while let Some(event) = self.session.poll_event() {
+                match event {
+                    SessionEvent::Transmit(bytes) => {
+                        let _ = self.socket.send(&bytes);
+                    }
+                    SessionEvent::Pushed(_) => self.pushed = true,
+                    SessionEvent::Ended(end) => self.failed = Some(end.to_string()),
+                    _ => {}
+                }
+            }
+        }
+
+        /// Reads what arrived and runs timers; returns whether anything arrived.
+        pub fn poll(&mut self, now: Instant, timers: bool) -> bool {
+            let mut buffer = [0u8; 2048];
+            let mut any = false;
+            while let Ok(length) = self.socket.recv(&mut buffer) {
+                any = true;
+                self.session.handle_control(now, &buffer[..length]);
+            }
+            if timers || self.session.poll_timeout().is_some_and(|at| at <= now) {
+                self.session.handle_timeout(
+                    now,
+                    LinkActivity {
+                        last_received: now,
+                        last_sent: now,
+                    },
+                );
+            }
+            self.flush();
+            any
+        }
+    }
+
+    /// Connects `count` more clients, at most `parallel` handshakes at a time, until every
+    /// one has its push and the server counts `target` connected (`server_count`); returns the
+    /// time it took. Connected clients keep being polled: they must ack the server's last
+    /// control packets, or the server never sees its keys acknowledged.
+    pub fn connect_many(
+        factory: &Factory,
+        count: usize,
+        parallel: usize,
+        connected: &mut Vec<Client>,
+        target: usize,
+        server_count: &dyn Fn() -> usize,
+    ) -> Duration {
+        let started = Instant::now();
+        let mut pending: Vec<Client> = Vec::new();
+        let mut started_count = 0;
+        let mut last_timers = Instant::now();
+        let mut last_count_check = Instant::now();
+        loop {
+            if started_count >= count
+                && pending.is_empty()
+                && last_count_check.elapsed() >= Duration::from_millis(100)
+            {
+                last_count_check = Instant::now();
+                if server_count() >= target {
+                    break;
+                }
+            }
+            while pending.len() < parallel && started_count < count {
+                pending.push(factory.connect());
+                started_count += 1;
+            }
+            let now = Instant::now();
+            let timers = now.duration_since(last_timers) >= Duration::from_millis(200);
+            if timers {
+                last_timers = now;
+            }
+            let mut any = false;
+            for client in pending.iter_mut().chain(connected.iter_mut()) {
+                any |= client.poll(now, timers);
+            }
+            if let Some(failed) = pending.iter().find_map(|client| client.failed.clone()) {
+                panic!("a simulated client failed: {failed}");
+            }
+            let (done, waiting): (Vec<Client>, Vec<Client>) =
+                pending.into_iter().partition(|client| client.pushed);
+            connected.extend(done);
+            pending = waiting;
+            if !any {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "connecting {count} clients takes too long"
+            );
+        }
+        started.elapsed()
+    }
+}
+
+/// `cargo test -p vpn-tests --test server_multi -- --ignored bench_server --nocapture` (add
+/// `--release` for numbers that mean something): handshakes per second and daemon RSS with 1,
+/// 100 and 1000 connected simulated clients (our own client Session per UDP socket; the
+/// server does the same TLS and key work as for a stock client).
+#[test]
+#[ignore = "benchmark; run explicitly"]
+fn bench_server_handshakes_and_memory() {
+    if !require_root("bench_server_handshakes_and_memory") {
+        return;
+    }
+    Pki::shared().expect("PKI");
+    let lab = Lab::new(1);
+    // No keepalive: idle simulated clients must stay connected; one certificate for all.
+    let daemon = start_server_with(
+        &lab,
+        "10.90.0.0/16",
+        "duplicate_cn = true\nmax_clients = 4096\n# keepalive off for the benchmark\n",
+    );
+    let pid = daemon.pid().expect("daemon pid");
+    let idle = rss_kib(pid).unwrap_or(0);
+    let server = server_wan(0);
+    let socket = lab.dir.path().join("ctl.sock");
+    let report = lab.clients[0]
+        .run(move || {
+            let factory = simulated::Factory::new(Pki::shared()?, server);
+            let server_count = || {
+                vpn_tests::daemon::status_json(&socket)
+                    .ok()
+                    .and_then(|status| {
+                        status["tunnels"][0]["clients"]
+                            .as_array()
+                            .map(|clients| clients.len())
+                    })
+                    .unwrap_or(0)
+            };
+            let mut connected = Vec::new();
+            let mut lines = vec![format!("daemon RSS idle: {idle} KiB")];
+            for (target, parallel) in [(1usize, 1usize), (100, 32), (1000, 64)] {
+                let more = target - connected.len();
+                let took = simulated::connect_many(
+                    &factory,
+                    more,
+                    parallel,
+                    &mut connected,
+                    target,
+                    &server_count,
+                );
+                std::thread::sleep(Duration::from_millis(500));
+                lines.push(format!(
+                    "{target:>5} clients: {more} handshakes in {took:.2?} ({:.1}/s, {parallel} at a time), daemon RSS {} KiB",
+                    more as f64 / took.as_secs_f64(),
+                    rss_kib(pid).unwrap_or(0)
+                ));
+            }
+            Ok(lines)
+        })
+        .expect("simulated clients");
+    for line in &report {
+        eprintln!("bench-server: {line}");
+    }
+    let listed = connected(&daemon).len();
+    assert_eq!(listed, 1000, "clients in status");
+}
