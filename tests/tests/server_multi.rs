@@ -23,7 +23,7 @@ use std::{
 
 use vpn_tests::{
     daemon::Daemon,
-    openvpn::{OpenVpnConfig, OpenVpnPeer, Protection},
+    openvpn::{OpenVpnConfig, OpenVpnPeer, Protection, Transport},
     pki::Pki,
     require_root,
     traffic::{ping, wait_for_ping},
@@ -137,15 +137,27 @@ fn start_daemon(ns: &NetNs, dir: &Path, subnet: &str, extra: &str) -> Daemon {
 }
 
 fn start_client(ns: &NetNs, index: usize, common_name: &str) -> OpenVpnPeer {
+    start_client_over(ns, index, common_name, Transport::Udp)
+}
+
+fn start_client_over(
+    ns: &NetNs,
+    index: usize,
+    common_name: &str,
+    transport: Transport,
+) -> OpenVpnPeer {
     let pki = Pki::shared().expect("PKI");
     let mut config = OpenVpnConfig::client(vec![server_wan(index)]);
+    config.transport = transport;
     config.protection = Protection::TlsCrypt;
     config.dev = "ovpn-c".into();
     config.identity_files = Some(
         pki.client_identity(common_name)
             .expect("client certificate"),
     );
-    config.extra.push("explicit-exit-notify 1".into());
+    if transport == Transport::Udp {
+        config.extra.push("explicit-exit-notify 1".into());
+    }
     OpenVpnPeer::start(ns, &config, pki).expect("stock client")
 }
 
@@ -876,4 +888,50 @@ fn bench_server_handshakes_and_memory() {
     }
     let listed = connected(&daemon).len();
     assert_eq!(listed, 1000, "clients in status");
+}
+
+/// Over TCP: one accepted connection per client, client-to-client, and a closed connection
+/// frees the client.
+#[test]
+fn tcp_server_with_several_stock_clients() {
+    if !require_root("tcp_server_with_several_stock_clients") {
+        return;
+    }
+    const TCP_CLIENTS: usize = 4;
+    let pki = Pki::shared().expect("PKI");
+    let names: Vec<String> = (0..TCP_CLIENTS)
+        .map(|index| format!("tcp-{index}"))
+        .collect();
+    for name in &names {
+        pki.client_identity(name).expect("client cert");
+    }
+    let lab = Lab::new(TCP_CLIENTS);
+    let daemon = start_server_with(
+        &lab,
+        "10.79.0.0/24",
+        "transport = \"tcp\"\nclient_to_client = true\n",
+    );
+    let context = || format!("ours:\n{}", daemon.log());
+    let mut clients: Vec<OpenVpnPeer> = names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| start_client_over(&lab.clients[index], index, name, Transport::Tcp))
+        .collect();
+    wait_for("the TCP clients", Duration::from_secs(60), || {
+        (connected(&daemon).len() == TCP_CLIENTS).then_some(())
+    })
+    .unwrap_or_else(|error| panic!("{error:#}\n{}", context()));
+    for index in 0..TCP_CLIENTS {
+        assert_pings(&lab.clients[index], Ipv4Addr::new(10, 79, 0, 1), &context);
+    }
+    let last = address_in_status(&daemon, &names[TCP_CLIENTS - 1]).expect("listed");
+    assert_pings(&lab.clients[0], last, &context);
+    clients[0].stop(Duration::from_secs(5));
+    wait_for(
+        "the closed TCP client to go",
+        Duration::from_secs(10),
+        || (connected(&daemon).len() == TCP_CLIENTS - 1).then_some(()),
+    )
+    .unwrap_or_else(|error| panic!("{error:#}\n{}", context()));
+    assert_pings(&lab.clients[1], last, &context);
 }

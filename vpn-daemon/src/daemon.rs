@@ -104,8 +104,8 @@ struct Running {
     netlink: Arc<Netlink>,
 }
 
-/// A running tunnel: the multi-client server for `role = "server"` over UDP, the single-peer
-/// runtime for everything else.
+/// A running tunnel: the multi-client server for `role = "server"`, the single-peer runtime for
+/// client and p2p.
 enum Runtime {
     Single(TunnelRuntime),
     Server(ServerRuntime),
@@ -117,7 +117,7 @@ impl Runtime {
         tunnel: &Tunnel,
         netlink: Arc<Netlink>,
     ) -> anyhow::Result<Self> {
-        if tunnel.role == Role::Server && tunnel.transport == Transport::Udp {
+        if tunnel.role == Role::Server {
             Ok(Runtime::Server(
                 ServerRuntime::start(config, tunnel, netlink).await?,
             ))

@@ -17,7 +17,8 @@
 //! loop (desired set vs the routes carrying our protocol id on this tun); nothing is left at
 //! shutdown.
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,7 @@ use crate::proto::control_codec::{ControlCodec, Protection};
 use crate::proto::data::{
     peek_data_key, CompressionFraming, DataError, ReceiveKey, Received, ReplayConfig, SendKey,
 };
+use crate::proto::framing::{encode_frame, FrameDecoder};
 use crate::proto::keys::StaticKey;
 use crate::proto::options::{options_string, OccOptions, OccTransport, PeerInfo, PushOptions};
 use crate::proto::packet::{peek_opcode, KeyId, Opcode};
@@ -56,6 +58,9 @@ use crate::proto::tls_crypt::TlsCrypt;
 const MAX_PACKET: usize = 65_535;
 /// How often blocking threads look at the stop flag.
 const POLL_INTERVAL_MS: i32 = 200;
+/// Attempts to send one UDP packet while the socket buffer is full, and the wait before each.
+const SEND_RETRIES: usize = 4;
+const SEND_WAIT_MS: i32 = 5;
 /// How often the control task runs session timers.
 const TICK: Duration = Duration::from_millis(200);
 /// Most sessions still in their handshake at once; more hard resets are dropped until some
@@ -126,6 +131,8 @@ struct ServerCounters {
 struct ClientPlane {
     peer_id: u32,
     real_address: SocketAddr,
+    /// Over TCP, the client's connection; over UDP `None` (the shared socket is used).
+    tcp: Option<Arc<Mutex<TcpStream>>>,
     send_key: ArcSwapOption<SendKey>,
     pending_send_key: ArcSwapOption<SendKey>,
     pending_deadline_ms: AtomicU64,
@@ -137,10 +144,16 @@ struct ClientPlane {
 }
 
 impl ClientPlane {
-    fn new(peer_id: u32, real_address: SocketAddr, now_ms: u64) -> Self {
+    fn new(
+        peer_id: u32,
+        real_address: SocketAddr,
+        tcp: Option<Arc<Mutex<TcpStream>>>,
+        now_ms: u64,
+    ) -> Self {
         ClientPlane {
             peer_id,
             real_address,
+            tcp,
             send_key: ArcSwapOption::empty(),
             pending_send_key: ArcSwapOption::empty(),
             pending_deadline_ms: AtomicU64::new(0),
@@ -179,7 +192,8 @@ struct Snapshot {
 /// State shared by the control task and the data-path threads.
 struct Shared {
     snapshot: ArcSwap<Snapshot>,
-    socket: Arc<UdpSocket>,
+    /// The UDP socket of a UDP server (`None` over TCP).
+    socket: Option<Arc<UdpSocket>>,
     counters: ServerCounters,
     anchor: Instant,
     client_to_client: bool,
@@ -217,17 +231,64 @@ impl Shared {
     }
 
     fn send_wire(&self, client: &ClientPlane, packet: &[u8]) {
-        if self.socket.send_to(packet, client.real_address).is_err() {
+        let sent = match &client.tcp {
+            Some(stream) => send_framed(stream, packet),
+            None => self.send_udp(packet, client.real_address),
+        };
+        if !sent {
             self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
         }
         client.last_sent_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Sends on the (non-blocking) UDP socket; a full send buffer is waited out briefly rather
+    /// than dropping the packet, which would make TCP inside the tunnel back off.
+    fn send_udp(&self, packet: &[u8], to: SocketAddr) -> bool {
+        let Some(socket) = self.socket.as_ref() else {
+            return false;
+        };
+        for _ in 0..SEND_RETRIES {
+            match socket.send_to(packet, to) {
+                Ok(_) => return true,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    wait_writable(socket.as_raw_fd());
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
+/// Writes one packet with its TCP length prefix.
+fn send_framed(stream: &Mutex<TcpStream>, packet: &[u8]) -> bool {
+    let mut framed = Vec::with_capacity(packet.len() + 2);
+    if encode_frame(packet, &mut framed).is_err() {
+        return false;
+    }
+    match stream.lock() {
+        Ok(mut stream) => stream.write_all(&framed).is_ok(),
+        Err(_) => false,
     }
 }
 
 /// Input to the control task from the data path.
 enum ControlInput {
-    Packet { bytes: Vec<u8>, from: SocketAddr },
-    ClientExited { peer_id: u32 },
+    Packet {
+        bytes: Vec<u8>,
+        from: SocketAddr,
+    },
+    ClientExited {
+        peer_id: u32,
+    },
+    TcpConnected {
+        peer: SocketAddr,
+        stream: Arc<Mutex<TcpStream>>,
+    },
+    TcpClosed {
+        peer: SocketAddr,
+    },
 }
 
 /// Status shared with [`ServerRuntime::status`].
@@ -272,10 +333,6 @@ impl ServerRuntime {
         else {
             anyhow::bail!("tunnel {} is not a server", tunnel.name);
         };
-        anyhow::ensure!(
-            tunnel.transport == Transport::Udp,
-            "the multi-client server runs over UDP only"
-        );
         let pki = PkiMaterial::load(&config.pki).context("loading the PKI")?;
         let checks = PeerChecks {
             remote_cert_tls: tunnel.remote_cert_tls,
@@ -329,14 +386,26 @@ impl ServerRuntime {
         let bind = tunnel
             .local
             .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
-        let socket = UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
-        socket.set_nonblocking(true)?;
-        if let Err(error) = super::udp_batch::set_socket_buffers(&socket, 4 << 20) {
-            tracing::warn!(%error, "cannot enlarge the UDP socket buffers");
-        }
+        let (socket, listener) = match tunnel.transport {
+            Transport::Udp => {
+                let socket =
+                    UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+                socket.set_nonblocking(true)?;
+                if let Err(error) = super::udp_batch::set_socket_buffers(&socket, 4 << 20) {
+                    tracing::warn!(%error, "cannot enlarge the UDP socket buffers");
+                }
+                (Some(Arc::new(socket)), None)
+            }
+            Transport::Tcp => {
+                let listener =
+                    TcpListener::bind(bind).with_context(|| format!("listening on TCP {bind}"))?;
+                listener.set_nonblocking(true)?;
+                (None, Some(listener))
+            }
+        };
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            socket: Arc::new(socket),
+            socket,
             counters: ServerCounters::default(),
             anchor: Instant::now(),
             client_to_client,
@@ -345,13 +414,22 @@ impl ServerRuntime {
         let (input_tx, input_rx) = mpsc::channel::<ControlInput>(4096);
         let queue = device.queue(0).context("the tun device has no queue")?;
         let tun_read = queue.try_clone().context("cloning the tun queue")?;
-        let tun_write = queue.try_clone().context("cloning the tun queue")?;
+        let tun_write = Arc::new(queue.try_clone().context("cloning the tun queue")?);
         let mut threads = Vec::new();
-        {
-            let shared = shared.clone();
-            threads.push(spawn_named(format!("{}-rx", tunnel.name), move || {
-                wire_receive_loop(&shared, &tun_write, &input_tx)
-            })?);
+        match listener {
+            None => {
+                let shared = shared.clone();
+                threads.push(spawn_named(format!("{}-rx", tunnel.name), move || {
+                    wire_receive_loop(&shared, &tun_write, &input_tx)
+                })?);
+            }
+            Some(listener) => {
+                let shared = shared.clone();
+                let name = tunnel.name.clone();
+                threads.push(spawn_named(format!("{}-accept", tunnel.name), move || {
+                    tcp_accept_loop(&shared, &name, listener, &tun_write, &input_tx)
+                })?);
+            }
         }
         {
             let shared = shared.clone();
@@ -390,6 +468,7 @@ impl ServerRuntime {
             client_config_dir,
             max_clients: usize::from(max_clients),
             connections: HashMap::new(),
+            tcp_streams: HashMap::new(),
             static_routes,
             routes_tx,
             reconcile: Some(reconcile),
@@ -550,7 +629,10 @@ fn server_session_config(tunnel: &Tunnel, tls: TlsSetup) -> SessionConfig {
     };
     config.options_string = options_string(&OccOptions {
         role: TlsRole::Server,
-        transport: OccTransport::Udp,
+        transport: match tunnel.transport {
+            Transport::Udp => OccTransport::Udp,
+            Transport::Tcp => OccTransport::TcpServer,
+        },
         tun_mtu: tunnel.mtu,
         cipher: tunnel.ciphers.first().copied(),
         ifconfig: None,
@@ -567,7 +649,10 @@ fn server_session_config(tunnel: &Tunnel, tls: TlsSetup) -> SessionConfig {
         Some(Compress::Stub) => CompressionFraming::StubV1,
         Some(Compress::StubV2) => CompressionFraming::StubV2,
     };
-    config.replay = ReplayConfig::default();
+    config.replay = ReplayConfig {
+        tcp: tunnel.transport == Transport::Tcp,
+        ..ReplayConfig::default()
+    };
     config.push_per_client = true;
     config
 }
@@ -585,6 +670,17 @@ fn wait_readable(fd: i32) -> bool {
     // SAFETY: `pollfd` is a valid, initialised pollfd that lives across the call; nfds is 1.
     let ready = unsafe { libc::poll(&mut pollfd, 1, POLL_INTERVAL_MS) };
     ready > 0
+}
+
+/// Waits until `fd` can be written or [`SEND_WAIT_MS`] pass.
+fn wait_writable(fd: i32) {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: `pollfd` is a valid, initialised pollfd that lives across the call; nfds is 1.
+    unsafe { libc::poll(&mut pollfd, 1, SEND_WAIT_MS) };
 }
 
 fn set_nonblocking(fd: i32) {
@@ -612,13 +708,16 @@ fn ipv4_addresses(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
 fn wire_receive_loop(shared: &Shared, tun: &TunQueue, control: &mpsc::Sender<ControlInput>) {
     let mut buffer = vec![0u8; MAX_PACKET];
     let mut sealed = Vec::with_capacity(MAX_PACKET);
-    let fd = shared.socket.as_raw_fd();
+    let Some(socket) = shared.socket.clone() else {
+        return;
+    };
+    let fd = socket.as_raw_fd();
     while !shared.stop.load(Ordering::Relaxed) {
         if !wait_readable(fd) {
             continue;
         }
         loop {
-            let (length, from) = match shared.socket.recv_from(&mut buffer) {
+            let (length, from) = match socket.recv_from(&mut buffer) {
                 Ok(received) => received,
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -628,9 +727,25 @@ fn wire_receive_loop(shared: &Shared, tun: &TunQueue, control: &mpsc::Sender<Con
             let Some(packet) = buffer.get_mut(..length) else {
                 continue;
             };
+            dispatch_packet(shared, packet, from, tun, control, &mut sealed);
+        }
+    }
+}
+
+/// One packet from a client: data is opened here, control goes to the control task.
+fn dispatch_packet(
+    shared: &Shared,
+    packet: &mut [u8],
+    from: SocketAddr,
+    tun: &TunQueue,
+    control: &mpsc::Sender<ControlInput>,
+    sealed: &mut Vec<u8>,
+) {
+    {
+        {
             match peek_opcode(packet) {
                 Ok((Opcode::DataV1 | Opcode::DataV2, _)) => {
-                    receive_data(shared, packet, from, tun, control, &mut sealed)
+                    receive_data(shared, packet, from, tun, control, sealed)
                 }
                 Ok(_) => {
                     let input = ControlInput::Packet {
@@ -647,6 +762,92 @@ fn wire_receive_loop(shared: &Shared, tun: &TunQueue, control: &mpsc::Sender<Con
                 Err(_) => {
                     shared.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+        }
+    }
+}
+
+/// Accepts TCP clients; each connection gets a reader thread and is announced to the control
+/// task, which writes to it.
+fn tcp_accept_loop(
+    shared: &Arc<Shared>,
+    name: &str,
+    listener: TcpListener,
+    tun: &Arc<TunQueue>,
+    control: &mpsc::Sender<ControlInput>,
+) {
+    let fd = listener.as_raw_fd();
+    while !shared.stop.load(Ordering::Relaxed) {
+        if !wait_readable(fd) {
+            continue;
+        }
+        let Ok((stream, peer)) = listener.accept() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_nonblocking(false);
+        let Ok(reader) = stream.try_clone() else {
+            continue;
+        };
+        let writer = Arc::new(Mutex::new(stream));
+        if control
+            .blocking_send(ControlInput::TcpConnected {
+                peer,
+                stream: writer,
+            })
+            .is_err()
+        {
+            return;
+        }
+        let (shared, tun, control) = (shared.clone(), tun.clone(), control.clone());
+        // Detached: it ends when the connection closes or the server stops.
+        let spawned = spawn_named(format!("{name}-c"), move || {
+            tcp_read_loop(&shared, reader, peer, &tun, &control);
+            let _ = control.blocking_send(ControlInput::TcpClosed { peer });
+        });
+        if spawned.is_err() {
+            tracing::warn!(%peer, "cannot start a reader thread for a TCP client");
+        }
+    }
+}
+
+fn tcp_read_loop(
+    shared: &Shared,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    tun: &TunQueue,
+    control: &mpsc::Sender<ControlInput>,
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(POLL_INTERVAL_MS as u64)));
+    let mut decoder = FrameDecoder::new(std::num::NonZeroU16::MAX);
+    let mut chunk = vec![0u8; MAX_PACKET];
+    let mut sealed = Vec::with_capacity(MAX_PACKET);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let read = match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(read) => read,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        };
+        let mut offset = 0;
+        while offset < read {
+            offset += decoder.push(chunk.get(offset..read).unwrap_or_default());
+            while let Some(frame) = decoder.next_frame() {
+                let Ok(frame) = frame else {
+                    shared.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let mut packet = frame.to_vec();
+                dispatch_packet(shared, &mut packet, peer, tun, control, &mut sealed);
             }
         }
     }
@@ -861,6 +1062,8 @@ struct ControlTask {
     client_config_dir: Option<std::path::PathBuf>,
     max_clients: usize,
     connections: HashMap<SocketAddr, Connection>,
+    /// TCP clients' connections by peer address (from accept until close).
+    tcp_streams: HashMap<SocketAddr, Arc<Mutex<TcpStream>>>,
     static_routes: BTreeSet<IpNet>,
     routes_tx: watch::Sender<BTreeSet<IpNet>>,
     reconcile: Option<tokio::task::JoinHandle<()>>,
@@ -900,6 +1103,13 @@ impl ControlTask {
                         if let Some(address) = address {
                             self.remove(address, "the client exited (explicit-exit-notify)");
                         }
+                    }
+                    Some(ControlInput::TcpConnected { peer, stream }) => {
+                        self.tcp_streams.insert(peer, stream);
+                    }
+                    Some(ControlInput::TcpClosed { peer }) => {
+                        self.remove(peer, "the TCP connection closed");
+                        self.tcp_streams.remove(&peer);
                     }
                     None => break,
                 },
@@ -1001,7 +1211,8 @@ impl ControlTask {
             return;
         }
         if self.connections.contains_key(&from) {
-            self.remove(from, "the client started a new session");
+            // Over TCP the new session runs on the same connection: keep it open.
+            self.forget(from, "the client started a new session");
         }
         self.connections.insert(
             from,
@@ -1011,6 +1222,20 @@ impl ControlTask {
             },
         );
         self.drive(from);
+    }
+
+    /// Sends a control packet to the client at `address`.
+    fn transmit(&self, address: SocketAddr, packet: &[u8]) {
+        let sent = match self.tcp_streams.get(&address) {
+            Some(stream) => send_framed(stream, packet),
+            None => self.shared.send_udp(packet, address),
+        };
+        if !sent {
+            self.shared
+                .counters
+                .tx_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The data-path state of the admitted client at `address`.
@@ -1034,14 +1259,7 @@ impl ControlTask {
                 break;
             };
             match event {
-                SessionEvent::Transmit(bytes) => {
-                    if self.shared.socket.send_to(&bytes, address).is_err() {
-                        self.shared
-                            .counters
-                            .tx_errors
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                SessionEvent::Transmit(bytes) => self.transmit(address, &bytes),
                 SessionEvent::PeerAuthenticated { common_name } => {
                     self.admit(address, common_name);
                 }
@@ -1142,7 +1360,12 @@ impl ControlTask {
             }
             Ok((lease, ccd, peer_id)) => {
                 let push = client_push(&self.push, &lease, ccd.as_ref());
-                let plane = Arc::new(ClientPlane::new(peer_id, address, self.shared.millis(now)));
+                let plane = Arc::new(ClientPlane::new(
+                    peer_id,
+                    address,
+                    self.tcp_streams.get(&address).cloned(),
+                    self.shared.millis(now),
+                ));
                 connection.admitted = Some(Admitted {
                     common_name,
                     lease,
@@ -1221,14 +1444,26 @@ impl ControlTask {
         Ok((lease, ccd, peer_id))
     }
 
-    /// Forgets the connection at `address`: its address, peer id and routes are freed.
+    /// Forgets the connection at `address` (its address, peer id and routes are freed) and,
+    /// over TCP, closes it: there the connection is the session.
     fn remove(&mut self, address: SocketAddr, reason: &str) {
+        if self.forget(address, reason) {
+            if let Some(stream) = self.tcp_streams.get(&address) {
+                if let Ok(stream) = stream.lock() {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+    }
+
+    /// Forgets the connection at `address`, keeping its transport; whether there was one.
+    fn forget(&mut self, address: SocketAddr, reason: &str) -> bool {
         let Some(connection) = self.connections.remove(&address) else {
-            return;
+            return false;
         };
         let Some(admitted) = connection.admitted else {
             tracing::debug!(tunnel = %self.name, peer = %address, "handshake ended: {reason}");
-            return;
+            return true;
         };
         self.pool.release(admitted.lease.address);
         self.peer_ids.release(admitted.plane.peer_id);
@@ -1240,6 +1475,7 @@ impl ControlTask {
                 reason: reason.to_owned(),
             });
         }
+        true
     }
 
     /// Publishes a new data-path snapshot and the desired kernel routes.
@@ -1318,10 +1554,14 @@ impl ControlTask {
                 .admitted
                 .as_ref()
                 .map(|admitted| admitted.plane.clone());
+            let mut outgoing = Vec::new();
             while let Some(event) = connection.session.poll_event() {
                 if let SessionEvent::Transmit(bytes) = event {
-                    let _ = self.shared.socket.send_to(&bytes, address);
+                    outgoing.push(bytes);
                 }
+            }
+            for bytes in outgoing {
+                self.transmit(address, &bytes);
             }
             if let (false, Some(plane)) = (sent_exit, plane) {
                 // explicit-exit-notify on the data channel for clients without cc-exit.
