@@ -17,6 +17,8 @@ use anyhow::{bail, Context as _};
 pub const PREFIX: &str = "vpnt-";
 /// Prefix of the benchmark's namespaces (`cargo xtask bench`).
 pub const BENCH_PREFIX: &str = "vpnb-";
+/// Prefix of the eBPF fast-path tests' namespaces (tests/tests/ebpf_*.rs).
+pub const EBPF_PREFIX: &str = "vpne-";
 const NETNS_DIR: &str = "/run/netns";
 
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
@@ -171,6 +173,7 @@ fn remove_stale_namespaces() {
         let Some(pid) = name
             .strip_prefix(PREFIX)
             .or_else(|| name.strip_prefix(BENCH_PREFIX))
+            .or_else(|| name.strip_prefix(EBPF_PREFIX))
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok())
         else {

@@ -132,13 +132,13 @@ fn daemon_counts_wan_traffic_reloads_and_cleans_up() {
 
     let status = wait_for("all packets counted", Duration::from_secs(10), || {
         let status = daemon.status().ok()?;
-        (counter(&status, "tunnel_packets") >= TUNNEL_PACKETS
+        (counter(&status, "dropped_unknown_source") >= TUNNEL_PACKETS
             && counter(&status, "other_ip") >= OTHER_PACKETS
             && counter(&status, "malformed") >= TRUNCATED_FRAMES)
             .then_some(status)
     })
     .unwrap_or_else(|error| panic!("{error:#}; daemon log:\n{}", daemon.log()));
-    assert_eq!(counter(&status, "tunnel_packets"), TUNNEL_PACKETS);
+    assert_eq!(counter(&status, "dropped_unknown_source"), TUNNEL_PACKETS);
     assert_eq!(counter(&status, "malformed"), TRUNCATED_FRAMES);
     assert!(
         counter(&status, "non_ip") >= 1,
@@ -168,7 +168,10 @@ fn daemon_counts_wan_traffic_reloads_and_cleans_up() {
     wait_for(
         "tunnel port still recognised",
         Duration::from_secs(10),
-        || (counter(&daemon.status().ok()?, "tunnel_packets") == TUNNEL_PACKETS + 10).then_some(()),
+        || {
+            (counter(&daemon.status().ok()?, "dropped_unknown_source") == TUNNEL_PACKETS + 10)
+                .then_some(())
+        },
     )
     .unwrap();
 
@@ -185,7 +188,8 @@ fn daemon_counts_wan_traffic_reloads_and_cleans_up() {
     send_udp(&peer, 1195, 7);
     send_udp(&peer, 1194, 3);
     wait_for("counts after the reload", Duration::from_secs(10), || {
-        (counter(&daemon.status().ok()?, "tunnel_packets") == TUNNEL_PACKETS + 17).then_some(())
+        (counter(&daemon.status().ok()?, "dropped_unknown_source") == TUNNEL_PACKETS + 17)
+            .then_some(())
     })
     .unwrap_or_else(|error| panic!("{error:#}; status: {:?}", daemon.status()));
 

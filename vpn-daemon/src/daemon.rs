@@ -4,10 +4,11 @@
 //! restart can change, is refused with a log line and the running config stays in force.
 
 use std::{
-    collections::BTreeSet,
+    collections::BTreeMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -15,19 +16,23 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
-use vpn_common::wan::{TunnelPortKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    config::{Config, Role, Transport, Tunnel},
+    config::{Config, Role, Tunnel},
     io::{
         control::{ControlRequest, ControlSocket, Request, Response},
         ebpf::WanFilter,
+        ebpf_plan::{self, FastPathPlan, LinkState},
         netlink::Netlink,
         server::{ClientInfo, ServerRuntime},
         tunnel::{TunnelRuntime, TunnelRuntimeStatus},
     },
-    status::{Status, TunnelStatus, WanStatus},
+    status::{FastPathStatus, Status, TunnelStatus, WanStatus},
 };
+
+/// How often tunnel states are polled for the fast path's live-link and peer maps. A link that
+/// goes up or down is in the maps within this long of its status changing.
+const FAST_PATH_POLL: Duration = Duration::from_millis(100);
 
 /// Runs the daemon until SIGTERM or SIGINT, then removes everything it installed.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -40,13 +45,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!(summary = %config.summary(), "config loaded");
 
     let mut control = ControlSocket::bind(&config.node.control_socket)?;
-    let mut wan = WanFilter::attach(
+    let wan = WanFilter::attach(
         &config.node.name,
         &config.interfaces.wan,
         config.interfaces.xdp_mode,
     )
     .with_context(|| format!("setting up the WAN filter on {}", config.interfaces.wan))?;
-    wan.set_tunnel_ports(&tunnel_ports(&config))?;
     let netlink = Arc::new(Netlink::new().await.context("opening rtnetlink")?);
     let mut tunnels = Vec::new();
     for tunnel in &config.tunnels {
@@ -72,7 +76,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         started: Instant::now(),
         tunnels,
         netlink,
+        fast_path: FastPathSync {
+            cpus: aya::util::nr_cpus().map_or(1, |cpus| cpus as u32),
+            applied: None,
+            last_error: None,
+        },
     };
+    state.sync_fast_path();
+    let mut fast_path_poll = tokio::time::interval(FAST_PATH_POLL);
+    fast_path_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     tracing::info!(node = %state.config.node.name, socket = %state.config.node.control_socket.display(), "running");
     loop {
@@ -80,6 +92,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = sighup.recv() => state.reload().await,
+            _ = fast_path_poll.tick() => state.sync_fast_path(),
             Some((request, reply_to)) = requests.recv() => {
                 let _ = reply_to.send(state.answer(request));
             }
@@ -102,6 +115,17 @@ struct Running {
     started: Instant,
     tunnels: Vec<Runtime>,
     netlink: Arc<Netlink>,
+    fast_path: FastPathSync,
+}
+
+/// What the daemon last wrote into the eBPF maps.
+struct FastPathSync {
+    cpus: u32,
+    /// The plan the maps hold; `None` forces the next sync to apply (after a reload, devices may
+    /// have been re-created with new ifindexes).
+    applied: Option<FastPathPlan>,
+    /// The last apply error, logged once rather than on every poll.
+    last_error: Option<String>,
 }
 
 /// A running tunnel: the multi-client server for `role = "server"`, the single-peer runtime for
@@ -176,6 +200,10 @@ impl Running {
                 pin_dir: self.wan.pin_dir().display().to_string(),
                 counters: self.wan.counters()?,
             },
+            fast_path: FastPathStatus {
+                attached: self.wan.attachments(),
+                counters: self.wan.all_counters()?,
+            },
             tunnels: self
                 .config
                 .tunnels
@@ -219,12 +247,11 @@ impl Running {
             );
             return;
         }
-        if let Err(error) = self.wan.set_tunnel_ports(&tunnel_ports(&new)) {
-            tracing::error!(error = %format!("{error:#}"), "SIGHUP: updating tunnel ports failed; keeping the running config");
-            // Put the kernel back in step with the config we keep.
-            if let Err(error) = self.wan.set_tunnel_ports(&tunnel_ports(&self.config)) {
-                tracing::error!(error = %format!("{error:#}"), "restoring tunnel ports");
-            }
+        let new_plan = ebpf_plan::plan(&new, &self.link_states(), self.fast_path.cpus);
+        if let Err(error) = self.wan.apply(&new_plan) {
+            tracing::error!(error = %format!("{error:#}"), "SIGHUP: updating the eBPF maps failed; keeping the running config");
+            // Put the kernel back in step with the config we keep (at the next poll).
+            self.fast_path.applied = None;
             return;
         }
         // Tunnels whose settings changed restart; the others keep their sessions. A server's
@@ -262,6 +289,101 @@ impl Running {
         self.tunnels = kept;
         tracing::info!(summary = %new.summary(), "SIGHUP: config reloaded");
         self.config = new;
+        self.fast_path.applied = None;
+        self.sync_fast_path();
+    }
+
+    /// Each running tunnel's state as the fast path needs it.
+    fn link_states(&self) -> BTreeMap<String, LinkState> {
+        self.tunnels
+            .iter()
+            .map(|runtime| {
+                let (status, clients) = runtime.status();
+                // A single-peer tunnel reports its one peer; a multi-client server each
+                // connected client's outer address, admitted at XDP while connected.
+                let peers: Vec<std::net::IpAddr> = if clients.is_empty() {
+                    status
+                        .peer
+                        .as_deref()
+                        .and_then(|peer| peer.parse::<SocketAddr>().ok())
+                        .map(|peer| peer.ip())
+                        .into_iter()
+                        .collect()
+                } else {
+                    let unique: std::collections::BTreeSet<std::net::IpAddr> = clients
+                        .iter()
+                        .map(|client| client.real_address.ip())
+                        .collect();
+                    unique.into_iter().collect()
+                };
+                let state = LinkState {
+                    established: status.state == "established",
+                    peers,
+                };
+                (runtime.name().to_owned(), state)
+            })
+            .collect()
+    }
+
+    /// A multi-client server's tun also carries packets from its connected clients' iroutes
+    /// (ccd files, known only at run time); the tun source policing must let them in, unless
+    /// the tunnel lists its `allowed_sources` explicitly.
+    fn allow_client_iroutes(&self, plan: &mut FastPathPlan) {
+        for runtime in &self.tunnels {
+            let Runtime::Server(server) = runtime else {
+                continue;
+            };
+            let Some(tunnel) = self
+                .config
+                .tunnels
+                .iter()
+                .find(|tunnel| tunnel.name == server.name())
+            else {
+                continue;
+            };
+            if tunnel.fast_path.allowed_sources.is_some() {
+                continue;
+            }
+            if let Some(sources) = plan.tun_sources.get_mut(&tunnel.device) {
+                for client in server.clients() {
+                    sources.extend(
+                        client
+                            .iroutes
+                            .iter()
+                            .map(|iroute| ipnet::IpNet::V4(*iroute)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Brings the eBPF maps in step with the config and the tunnels' current states; cheap when
+    /// nothing changed (the plan equals the applied one). Errors are retried at the next poll.
+    fn sync_fast_path(&mut self) {
+        let mut plan = ebpf_plan::plan(&self.config, &self.link_states(), self.fast_path.cpus);
+        self.allow_client_iroutes(&mut plan);
+        if self.fast_path.applied.as_ref() == Some(&plan) {
+            return;
+        }
+        let mut result = Ok(());
+        if !plan.groups.is_empty() {
+            if let Some(lan) = &self.config.interfaces.lan {
+                result = self.wan.attach_lan(lan);
+            }
+        }
+        match result.and_then(|()| self.wan.apply(&plan)) {
+            Ok(()) => {
+                self.fast_path.applied = Some(plan);
+                self.fast_path.last_error = None;
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                if self.fast_path.last_error.as_ref() != Some(&message) {
+                    tracing::error!(error = %message, "updating the eBPF fast path (retrying)");
+                    self.fast_path.last_error = Some(message);
+                }
+            }
+        }
     }
 }
 
@@ -274,21 +396,4 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-/// The transport ports the WAN filter must recognise as tunnel traffic.
-fn tunnel_ports(config: &Config) -> BTreeSet<TunnelPortKey> {
-    config
-        .tunnels
-        .iter()
-        .filter_map(|tunnel| {
-            let protocol = match tunnel.transport {
-                Transport::Udp => IPPROTO_UDP,
-                Transport::Tcp => IPPROTO_TCP,
-            };
-            tunnel
-                .listen_port()
-                .map(|port| TunnelPortKey::new(protocol, port))
-        })
-        .collect()
 }

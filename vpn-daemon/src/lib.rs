@@ -5,6 +5,7 @@
 //! kernel or sockets: eBPF loader, control socket).
 pub mod config;
 pub mod daemon;
+pub mod import;
 pub mod io;
 pub mod proto;
 pub mod status;

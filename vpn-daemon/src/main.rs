@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use vpn_daemon::{
     config::Config,
+    import::{import_openvpn, ImportOptions},
     io::control::{self, Request, Response},
 };
 
@@ -35,6 +36,33 @@ enum Command {
     },
     /// Validate a config file: prints a one-line summary, or FILE:LINE:COL: reason and exits 1.
     CheckConfig { file: PathBuf },
+    /// Translate an OpenVPN 2.6 config (server, client or p2p) into this daemon's TOML, on
+    /// stdout. Ignored options are listed in the output's header; options that cannot be
+    /// honoured are errors (FILE:LINE: option: reason, all of them, exit 1, nothing on stdout).
+    ImportOpenvpn {
+        /// The OpenVPN config file.
+        file: PathBuf,
+        /// The client-config-dir to check and use (default: the config's client-config-dir).
+        #[arg(long, value_name = "DIR")]
+        ccd: Option<PathBuf>,
+        /// Write inline <ca>, <cert>, <key>, <tls-auth>, <tls-crypt>, <crl-verify> blocks to
+        /// files in DIR (created, mode 0600; existing files are never overwritten). Without it an
+        /// inline block is an error.
+        #[arg(long, value_name = "DIR")]
+        write_inline: Option<PathBuf>,
+        /// The WAN interface (default eth0, flagged as a placeholder in the output).
+        #[arg(long, value_name = "IFACE")]
+        wan: Option<String>,
+        /// The LAN interface, if any.
+        #[arg(long, value_name = "IFACE")]
+        lan: Option<String>,
+        /// The node name (default: from the file name).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// The tunnel name (default: from the file name).
+        #[arg(long, value_name = "NAME")]
+        tunnel: Option<String>,
+    },
     /// Show the status of a running daemon.
     Status {
         /// Control socket to talk to (default: the only socket in /run/vpn-daemon).
@@ -62,6 +90,34 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::ImportOpenvpn {
+            file,
+            ccd,
+            write_inline,
+            wan,
+            lan,
+            node,
+            tunnel,
+        } => {
+            let options = ImportOptions {
+                ccd_dir: ccd,
+                write_inline,
+                wan,
+                lan,
+                node,
+                tunnel,
+            };
+            match import_openvpn(&file, &options) {
+                Ok(imported) => {
+                    print!("{}", imported.toml);
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => report(run(&config)),
         Command::Status {
             socket,

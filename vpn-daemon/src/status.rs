@@ -14,6 +14,17 @@ pub struct Status {
     pub config_summary: String,
     pub wan: WanStatus,
     pub tunnels: Vec<TunnelStatus>,
+    /// Every eBPF program's attachment and counters.
+    #[serde(default)]
+    pub fast_path: FastPathStatus,
+}
+
+/// The eBPF fast path: where each program is attached and its counters summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastPathStatus {
+    pub attached: Vec<String>,
+    /// Program name (or `links`) -> counter name (or tun device) -> value.
+    pub counters: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +69,19 @@ impl Status {
             self.wan.interface, self.wan.xdp_mode, self.wan.pin_dir
         );
         for (name, value) in &self.wan.counters {
-            let _ = writeln!(out, "  {name:<16} {value}");
+            let _ = writeln!(out, "  {name:<22} {value}");
+        }
+        for attachment in &self.fast_path.attached {
+            let _ = writeln!(out, "ebpf {attachment}");
+        }
+        for (program, counters) in &self.fast_path.counters {
+            if program == "xdp_wan" || counters.is_empty() {
+                continue; // xdp_wan is shown under wan above
+            }
+            let _ = writeln!(out, "  {program}:");
+            for (name, value) in counters {
+                let _ = writeln!(out, "    {name:<20} {value}");
+            }
         }
         if self.tunnels.is_empty() {
             let _ = writeln!(out, "no tunnels configured");
@@ -135,6 +158,7 @@ mod tests {
                 pin_dir: "/sys/fs/bpf/n".into(),
                 counters: BTreeMap::new(),
             },
+            fast_path: FastPathStatus::default(),
             tunnels: vec![TunnelStatus {
                 name: "clients".into(),
                 role: "server".into(),

@@ -5,6 +5,9 @@
 
 mod maps;
 mod packet;
+mod tc_lan;
+mod tc_tun;
+mod tc_wan_egress;
 mod xdp_wan;
 
 #[cfg(target_arch = "bpf")]

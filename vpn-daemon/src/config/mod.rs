@@ -42,6 +42,8 @@ pub struct Config {
     pub interfaces: Interfaces,
     /// `[[tunnel]]`, in file order.
     pub tunnels: Vec<Tunnel>,
+    /// `[fast_path]`: eBPF admission and leak-guard settings (defaults when absent).
+    pub fast_path: FastPath,
 }
 
 impl Config {
@@ -199,6 +201,8 @@ pub struct Tunnel {
     /// Required common name of the peer's certificate.
     pub verify_x509_name: Option<String>,
     pub compress: Option<Compress>,
+    /// eBPF fast-path settings of this tunnel (`link_group`, `weight`, `allowed_sources`).
+    pub fast_path: TunnelFastPath,
 }
 
 impl Tunnel {
@@ -457,4 +461,46 @@ pub enum Topology {
     Subnet,
     /// A /30 per client (legacy clients).
     Net30,
+}
+
+// ---- eBPF fast path (issue 5): `[fast_path]` and the per-tunnel fast-path keys ----
+
+/// `[fast_path]`: settings of the eBPF programs that are not per tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FastPath {
+    /// Destinations that must never leave the WAN unencrypted: the leak guard on WAN egress drops
+    /// packets to them (when their tunnel is down the kernel would route them in the clear).
+    pub protected_prefixes: Vec<ipnet::IpNet>,
+    /// First handshake packets per second admitted from unknown sources on ports that accept
+    /// new peers (spread over the CPUs' token buckets).
+    pub handshakes_per_sec: u32,
+    /// Handshake packets admitted in a burst (per CPU).
+    pub handshake_burst: u32,
+    /// How long a source whose first handshake packet was admitted may continue its handshake
+    /// before it must be a connected peer.
+    pub handshake_window: Duration,
+}
+
+impl Default for FastPath {
+    fn default() -> Self {
+        Self {
+            protected_prefixes: Vec::new(),
+            handshakes_per_sec: 100,
+            handshake_burst: 20,
+            handshake_window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A tunnel's fast-path settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TunnelFastPath {
+    /// Parallel links to the same peer share a group: LAN traffic to the group's routes is spread
+    /// over its live links per flow. `None`: the tunnel is not steered.
+    pub link_group: Option<String>,
+    /// Share of the group's flows, 1..=16 (default 1).
+    pub weight: u32,
+    /// Inner sources this tunnel may send from, replacing the role's default (p2p: the peer's
+    /// tunnel address and `routes`; server: the client subnet and `routes`; client: anything).
+    pub allowed_sources: Option<Vec<ipnet::IpNet>>,
 }

@@ -36,6 +36,8 @@ pub(super) struct RawConfig {
     pub interfaces: RawInterfaces,
     #[serde(default)]
     pub tunnel: Vec<RawTunnel>,
+    // eBPF fast path (issue 5)
+    pub fast_path: Option<RawFastPath>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +99,10 @@ pub(super) struct RawTunnel {
     pub duplicate_cn: Option<Spanned<bool>>,
     pub client_config_dir: Option<Spanned<String>>,
     pub max_clients: Option<Spanned<i64>>,
+    // eBPF fast path (issue 5)
+    pub link_group: Option<Spanned<String>>,
+    pub weight: Option<Spanned<i64>>,
+    pub allowed_sources: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,4 +132,16 @@ pub(super) struct RawKeepalive {
 pub(super) struct RawIfconfig {
     pub local: Spanned<String>,
     pub remote: Spanned<String>,
+}
+
+// ---- eBPF fast path (issue 5) ----
+
+/// `[fast_path]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFastPath {
+    pub protected_prefixes: Option<Spanned<Vec<Spanned<String>>>>,
+    pub handshakes_per_sec: Option<Spanned<i64>>,
+    pub handshake_burst: Option<Spanned<i64>>,
+    pub handshake_window_secs: Option<Spanned<i64>>,
 }

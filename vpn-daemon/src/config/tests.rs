@@ -135,6 +135,11 @@ fn site_a_example_parses_with_the_documented_values() {
             remote_cert_tls: Some(CertUsage::Client),
             verify_x509_name: Some("site-b".to_owned()),
             compress: None,
+            fast_path: TunnelFastPath {
+                link_group: None,
+                weight: 1,
+                allowed_sources: None,
+            },
         }
     );
     assert_eq!(p2p.listen_port(), Some(1194));
@@ -722,6 +727,103 @@ fn mutated_site_a_never_panics_and_errors_stay_inside_the_file() {
     // Sanity: the mutations produce both outcomes, so both paths were exercised.
     assert!(refused > 1000, "only {refused} mutations refused");
     assert!(accepted > 10, "only {accepted} mutations accepted");
+}
+
+// ---- eBPF fast path (issue 5): `[fast_path]`, `link_group`, `weight`, `allowed_sources` ----
+
+/// A second p2p tunnel for link-group tests (another port and device).
+fn p2p_tunnel_named(name: &str, port: u16) -> String {
+    P2P_TUNNEL
+        .replace("name = \"p\"", &format!("name = \"{name}\""))
+        .replace(":1194\"\nremote", &format!(":{port}\"\nremote"))
+}
+
+#[test]
+fn fast_path_defaults_and_values() {
+    let config = parse(&format!("{BASE}{P2P_TUNNEL}")).unwrap();
+    assert_eq!(config.fast_path, FastPath::default());
+    assert_eq!(config.tunnels[0].fast_path.weight, 1);
+    let text = format!(
+        "{BASE}lan = \"eth1\"\n[fast_path]\nprotected_prefixes = [\"10.2.0.0/16\", \"fd02::/32\"]\n\
+         handshakes_per_sec = 0\nhandshake_burst = 5\nhandshake_window_secs = 10\n\
+         {P2P_TUNNEL}link_group = \"dc2\"\nweight = 4\nallowed_sources = [\"10.99.0.2/32\"]\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.fast_path.protected_prefixes.len(), 2);
+    assert_eq!(config.fast_path.handshakes_per_sec, 0);
+    assert_eq!(config.fast_path.handshake_burst, 5);
+    assert_eq!(config.fast_path.handshake_window, Duration::from_secs(10));
+    let tunnel = &config.tunnels[0].fast_path;
+    assert_eq!(tunnel.link_group.as_deref(), Some("dc2"));
+    assert_eq!(tunnel.weight, 4);
+    assert_eq!(
+        tunnel.allowed_sources,
+        Some(vec!["10.99.0.2/32".parse().unwrap()])
+    );
+}
+
+#[test]
+fn fast_path_errors_point_at_the_value() {
+    assert_error(
+        &format!("{BASE}{P2P_TUNNEL}weight = 2\n"),
+        17,
+        10,
+        "`weight` only applies to a tunnel in a `link_group`",
+    );
+    let lan = BASE.replace("wan = \"eth0\"\n", "wan = \"eth0\"\nlan = \"eth1\"\n");
+    // BASE with lan is one line longer: appended tunnel keys land on line 18.
+    assert_error(
+        &format!("{lan}{P2P_TUNNEL}link_group = \"b\"\nweight = 17\n"),
+        19,
+        10,
+        "`weight` must be 1..=16, got 17",
+    );
+    assert_error(
+        &format!("{BASE}{P2P_TUNNEL}link_group = \"b\"\n"),
+        17,
+        14,
+        "`link_group` needs `lan` in [interfaces]",
+    );
+    assert_error(
+        &format!("{lan}{P2P_TUNNEL}link_group = \"B!\"\n"),
+        18,
+        14,
+        "link_group",
+    );
+    assert_error(
+        &format!("{lan}{P2P_TUNNEL}allowed_sources = [\"10.0.0.1/8\"]\n"),
+        18,
+        20,
+        "allowed source",
+    );
+    let two_groups = format!(
+        "{lan}{P2P_TUNNEL}routes = [\"10.2.0.0/16\"]\nlink_group = \"x\"\n{}routes = [\"10.2.0.0/16\"]\nlink_group = \"y\"\n",
+        p2p_tunnel_named("q", 1195)
+    );
+    assert_error(
+        &two_groups,
+        28,
+        14,
+        "route 10.2.0.0/16 of tunnel `q` is also routed by link group `x` (tunnel `p`)",
+    );
+    assert_error(
+        &format!("{BASE}[fast_path]\nhandshakes_per_sec = -1\n"),
+        11,
+        22,
+        "`handshakes_per_sec` must be 0..=1000000, got -1",
+    );
+    assert_error(
+        &format!("{BASE}[fast_path]\nhandshake_window_secs = 0\n"),
+        11,
+        25,
+        "`handshake_window_secs` must be 1..=600",
+    );
+    assert_error(
+        &format!("{BASE}[fast_path]\nprotected = [\"10.2.0.0/16\"]\n"),
+        11,
+        1,
+        "unknown field `protected`",
+    );
 }
 
 /// A server tunnel after [`BASE`]: lines 10-14, so appended keys land on line 15.

@@ -11,11 +11,14 @@ use ipnet::{IpNet, Ipv4Net};
 use toml::Spanned;
 
 use super::error::{line_column, Problem};
-use super::raw::{KeySpans, Probe, RawConfig, RawInterfaces, RawNode, RawPki, RawTunnel};
+use super::raw::{
+    KeySpans, Probe, RawConfig, RawFastPath, RawInterfaces, RawNode, RawPki, RawTunnel,
+};
 use super::values::{check_ifname, check_name, parse_prefix, parse_socket_addr};
 use super::{
-    files, Addressing, Cipher, Config, ControlProtection, IfconfigPool, Interfaces, Keepalive,
-    KeyDirection, Node, Pki, Role, TlsRole, Topology, Transport, Tunnel, SCHEMA_VERSION,
+    files, Addressing, Cipher, Config, ControlProtection, FastPath, IfconfigPool, Interfaces,
+    Keepalive, KeyDirection, Node, Pki, Role, TlsRole, Topology, Transport, Tunnel, TunnelFastPath,
+    SCHEMA_VERSION,
 };
 
 const NODE_NAME_MAX: usize = 15;
@@ -120,12 +123,15 @@ impl Checker<'_> {
             let tunnel = self.tunnel(raw_tunnel, index, &interfaces, &built)?;
             built.push(tunnel);
         }
+        let fast_path = fast_path(raw.fast_path.as_ref())?;
+        check_link_groups(&raw.tunnel, &built, &interfaces)?;
         Ok(Config {
             path: path.to_path_buf(),
             node,
             pki,
             interfaces,
             tunnels: built.into_iter().map(|built| built.tunnel).collect(),
+            fast_path,
         })
     }
 
@@ -390,6 +396,7 @@ impl Checker<'_> {
                 remote_cert_tls: raw.remote_cert_tls,
                 verify_x509_name,
                 compress: raw.compress,
+                fast_path: tunnel_fast_path(raw)?,
             },
             local_span: raw.local.as_ref().map(Spanned::span),
             device_span,
@@ -946,4 +953,146 @@ fn check_local_is_free(built: &BuiltTunnel, earlier: &[BuiltTunnel]) -> Result<(
             ),
         )),
     }
+}
+
+// ---- eBPF fast path (issue 5) ----
+
+/// Links per group and groups per node, as the eBPF maps are sized (vpn_common::steer).
+const MAX_LINKS_PER_GROUP: usize = vpn_common::steer::MAX_LINKS;
+const MAX_LINK_GROUPS: usize = vpn_common::steer::MAX_GROUPS as usize;
+const LINK_WEIGHTS: std::ops::RangeInclusive<i64> = 1..=vpn_common::steer::MAX_WEIGHT as i64;
+const HANDSHAKE_RATE_RANGE: std::ops::RangeInclusive<i64> =
+    0..=vpn_common::wan::MAX_HANDSHAKE_RATE as i64;
+const HANDSHAKE_WINDOW_SECONDS: std::ops::RangeInclusive<i64> = 1..=600;
+
+fn bounded(
+    value: Option<&Spanned<i64>>,
+    key: &str,
+    range: std::ops::RangeInclusive<i64>,
+    default: i64,
+) -> Result<i64, Problem> {
+    match value {
+        None => Ok(default),
+        Some(value) if range.contains(value.get_ref()) => Ok(*value.get_ref()),
+        Some(value) => Err(Problem::at(
+            value.span(),
+            format!(
+                "`{key}` must be {}..={}, got {}",
+                range.start(),
+                range.end(),
+                value.get_ref()
+            ),
+        )),
+    }
+}
+
+/// `[fast_path]`, with defaults for what is absent.
+fn fast_path(raw: Option<&RawFastPath>) -> Result<FastPath, Problem> {
+    let defaults = FastPath::default();
+    let Some(raw) = raw else {
+        return Ok(defaults);
+    };
+    Ok(FastPath {
+        protected_prefixes: prefix_list(raw.protected_prefixes.as_ref(), "protected prefix")?,
+        handshakes_per_sec: bounded(
+            raw.handshakes_per_sec.as_ref(),
+            "handshakes_per_sec",
+            HANDSHAKE_RATE_RANGE,
+            i64::from(defaults.handshakes_per_sec),
+        )? as u32,
+        handshake_burst: bounded(
+            raw.handshake_burst.as_ref(),
+            "handshake_burst",
+            HANDSHAKE_RATE_RANGE,
+            i64::from(defaults.handshake_burst),
+        )? as u32,
+        handshake_window: Duration::from_secs(bounded(
+            raw.handshake_window_secs.as_ref(),
+            "handshake_window_secs",
+            HANDSHAKE_WINDOW_SECONDS,
+            defaults.handshake_window.as_secs() as i64,
+        )? as u64),
+    })
+}
+
+/// A tunnel's `link_group`, `weight` and `allowed_sources`.
+fn tunnel_fast_path(raw: &RawTunnel) -> Result<TunnelFastPath, Problem> {
+    let link_group = match &raw.link_group {
+        Some(group) => {
+            check_name("link_group", group.get_ref(), TUNNEL_NAME_MAX, false)
+                .map_err(|error| Problem::at(group.span(), error.to_string()))?;
+            Some(group.get_ref().clone())
+        }
+        None => None,
+    };
+    if let (Some(weight), None) = (&raw.weight, &link_group) {
+        return Err(Problem::at(
+            weight.span(),
+            "`weight` only applies to a tunnel in a `link_group` (its share of the group's flows)",
+        ));
+    }
+    let weight = bounded(raw.weight.as_ref(), "weight", LINK_WEIGHTS, 1)? as u32;
+    let allowed_sources = match &raw.allowed_sources {
+        Some(list) => Some(prefix_list(Some(list), "allowed source")?),
+        None => None,
+    };
+    Ok(TunnelFastPath {
+        link_group,
+        weight,
+        allowed_sources,
+    })
+}
+
+/// Link groups need a LAN (steering runs on LAN ingress), fit the maps, and own their routes:
+/// a prefix steered to two groups would be ambiguous.
+fn check_link_groups(
+    raw: &[RawTunnel],
+    built: &[BuiltTunnel],
+    interfaces: &Interfaces,
+) -> Result<(), Problem> {
+    let mut members: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut route_owner: std::collections::HashMap<IpNet, (&str, &str)> = Default::default();
+    for (raw, built) in raw.iter().zip(built) {
+        let tunnel = &built.tunnel;
+        let (Some(group), Some(span)) = (&tunnel.fast_path.link_group, &raw.link_group) else {
+            continue;
+        };
+        if interfaces.lan.is_none() {
+            return Err(Problem::at(
+                span.span(),
+                "`link_group` needs `lan` in [interfaces]: flows are steered on LAN ingress",
+            ));
+        }
+        let count = members.entry(group).or_default();
+        *count += 1;
+        if *count > MAX_LINKS_PER_GROUP {
+            return Err(Problem::at(
+                span.span(),
+                format!("link group `{group}` has more than {MAX_LINKS_PER_GROUP} tunnels"),
+            ));
+        }
+        if members.len() > MAX_LINK_GROUPS {
+            return Err(Problem::at(
+                span.span(),
+                format!("more than {MAX_LINK_GROUPS} link groups"),
+            ));
+        }
+        for route in &tunnel.routes {
+            match route_owner.get(route) {
+                Some((other_group, other_tunnel)) if *other_group != group.as_str() => {
+                    return Err(Problem::at(
+                        span.span(),
+                        format!(
+                            "route {route} of tunnel `{}` is also routed by link group `{other_group}` (tunnel `{other_tunnel}`); a prefix belongs to one group only",
+                            tunnel.name
+                        ),
+                    ));
+                }
+                _ => {
+                    route_owner.insert(*route, (group, &tunnel.name));
+                }
+            }
+        }
+    }
+    Ok(())
 }
