@@ -115,6 +115,9 @@ pub struct OpenVpnConfig {
     pub verb: u8,
     /// Raw lines appended last (later options win in OpenVPN), e.g. "reneg-sec 10".
     pub extra: Vec<String>,
+    /// Certificate and key files presented instead of `identity`'s (e.g. from
+    /// [`Pki::client_identity`]), default none.
+    pub identity_files: Option<(PathBuf, PathBuf)>,
 }
 
 impl OpenVpnConfig {
@@ -131,6 +134,7 @@ impl OpenVpnConfig {
             crl_verify: false,
             verb: 3,
             extra: Vec::new(),
+            identity_files: None,
         }
     }
 
@@ -264,7 +268,10 @@ impl OpenVpnConfig {
         if tls_server {
             line("dh none".to_owned());
         }
-        let (cert, key) = self.identity.files(pki);
+        let (cert, key) = match &self.identity_files {
+            Some((cert, key)) => (cert, key),
+            None => self.identity.files(pki),
+        };
         line(format!("ca {}", pki.ca.display()));
         line(format!("cert {}", cert.display()));
         line(format!("key {}", key.display()));

@@ -119,6 +119,43 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// A client certificate with common name `common_name` (P-256 key, quick to make), issued
+    /// by the main CA into `<dir>/issued-<common_name>.crt|key`; issued once, then reused.
+    /// For tests that need many distinct clients (the multi-client server).
+    pub fn client_identity(&self, common_name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        // `openssl ca` keeps its database in files: one issuer at a time.
+        static ISSUING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = ISSUING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stem = format!("issued-{common_name}");
+        let cert = self.dir.join(format!("{stem}.crt"));
+        let key = self.dir.join(format!("{stem}.key"));
+        if cert.exists() && key.exists() {
+            return Ok((cert, key));
+        }
+        let ca_dir = self.dir.join("ca");
+        let csr = ca_dir.join(format!("{stem}.csr"));
+        run(Command::new("openssl")
+            .args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-subj", &format!("/CN={common_name}")])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr))?;
+        run(Command::new("openssl")
+            .args(["ca", "-batch", "-notext", "-config"])
+            .arg(ca_dir.join("openssl.cnf"))
+            .args(["-extensions", "client_ext", "-days", "30", "-in"])
+            .arg(&csr)
+            .arg("-out")
+            .arg(&cert))?;
+        Ok((cert, key))
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Ext {
     Server,

@@ -18,13 +18,14 @@ use tokio::{
 };
 
 use crate::{
-    config::Config,
+    config::{Config, Role, Tunnel},
     io::{
         control::{ControlRequest, ControlSocket, Request, Response},
         ebpf::WanFilter,
         ebpf_plan::{self, FastPathPlan, LinkState},
         netlink::Netlink,
-        tunnel::TunnelRuntime,
+        server::{ClientInfo, ServerRuntime},
+        tunnel::{TunnelRuntime, TunnelRuntimeStatus},
     },
     status::{FastPathStatus, Status, TunnelStatus, WanStatus},
 };
@@ -53,12 +54,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let netlink = Arc::new(Netlink::new().await.context("opening rtnetlink")?);
     let mut tunnels = Vec::new();
     for tunnel in &config.tunnels {
-        match TunnelRuntime::start(&config, tunnel, netlink.clone()).await {
+        match Runtime::start(&config, tunnel, netlink.clone()).await {
             Ok(runtime) => tunnels.push(runtime),
             Err(error) => {
                 // Undo what already started before refusing to run.
                 for runtime in tunnels {
-                    TunnelRuntime::stop(runtime).await;
+                    Runtime::stop(runtime).await;
                 }
                 wan.detach()?;
                 return Err(error.context(format!("starting tunnel {}", tunnel.name)));
@@ -112,7 +113,7 @@ struct Running {
     config: Config,
     wan: WanFilter,
     started: Instant,
-    tunnels: Vec<TunnelRuntime>,
+    tunnels: Vec<Runtime>,
     netlink: Arc<Netlink>,
     fast_path: FastPathSync,
 }
@@ -125,6 +126,52 @@ struct FastPathSync {
     applied: Option<FastPathPlan>,
     /// The last apply error, logged once rather than on every poll.
     last_error: Option<String>,
+}
+
+/// A running tunnel: the multi-client server for `role = "server"`, the single-peer runtime for
+/// client and p2p.
+enum Runtime {
+    Single(TunnelRuntime),
+    Server(ServerRuntime),
+}
+
+impl Runtime {
+    async fn start(
+        config: &Config,
+        tunnel: &Tunnel,
+        netlink: Arc<Netlink>,
+    ) -> anyhow::Result<Self> {
+        if tunnel.role == Role::Server {
+            Ok(Runtime::Server(
+                ServerRuntime::start(config, tunnel, netlink).await?,
+            ))
+        } else {
+            Ok(Runtime::Single(
+                TunnelRuntime::start(config, tunnel, netlink).await?,
+            ))
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Runtime::Single(runtime) => runtime.name(),
+            Runtime::Server(runtime) => runtime.name(),
+        }
+    }
+
+    fn status(&self) -> (TunnelRuntimeStatus, Vec<ClientInfo>) {
+        match self {
+            Runtime::Single(runtime) => (runtime.status(), Vec::new()),
+            Runtime::Server(runtime) => (runtime.status(), runtime.clients()),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Runtime::Single(runtime) => runtime.stop().await,
+            Runtime::Server(runtime) => runtime.stop().await,
+        }
+    }
 }
 
 impl Running {
@@ -162,11 +209,12 @@ impl Running {
                 .tunnels
                 .iter()
                 .map(|tunnel| {
-                    let runtime = self
+                    let (runtime, clients) = self
                         .tunnels
                         .iter()
                         .find(|runtime| runtime.name() == tunnel.name)
-                        .map(TunnelRuntime::status);
+                        .map(Runtime::status)
+                        .unzip();
                     TunnelStatus {
                         name: tunnel.name.clone(),
                         role: tunnel.role.to_string(),
@@ -178,6 +226,7 @@ impl Running {
                             .as_ref()
                             .map_or_else(|| "stopped".to_owned(), |runtime| runtime.state.clone()),
                         runtime,
+                        clients: clients.unwrap_or_default(),
                     }
                 })
                 .collect(),
@@ -205,7 +254,9 @@ impl Running {
             self.fast_path.applied = None;
             return;
         }
-        // Tunnels whose settings changed restart; the others keep their sessions.
+        // Tunnels whose settings changed restart; the others keep their sessions. A server's
+        // client config files are not part of its settings: they are read when each client
+        // connects, so a change there restarts nothing and applies on the client's reconnect.
         let mut kept = Vec::new();
         for runtime in std::mem::take(&mut self.tunnels) {
             let old = self
@@ -228,7 +279,7 @@ impl Running {
             if kept.iter().any(|runtime| runtime.name() == tunnel.name) {
                 continue;
             }
-            match TunnelRuntime::start(&new, tunnel, self.netlink.clone()).await {
+            match Runtime::start(&new, tunnel, self.netlink.clone()).await {
                 Ok(runtime) => kept.push(runtime),
                 Err(error) => {
                     tracing::error!(tunnel = %tunnel.name, error = %format!("{error:#}"), "SIGHUP: cannot start tunnel")
@@ -247,16 +298,24 @@ impl Running {
         self.tunnels
             .iter()
             .map(|runtime| {
-                let status = runtime.status();
-                // Today a tunnel reports one peer; a multi-client server will list each client
-                // here, and each one must be admitted (past the handshake window) at XDP.
-                let peers = status
-                    .peer
-                    .as_deref()
-                    .and_then(|peer| peer.parse::<SocketAddr>().ok())
-                    .map(|peer| peer.ip())
-                    .into_iter()
-                    .collect();
+                let (status, clients) = runtime.status();
+                // A single-peer tunnel reports its one peer; a multi-client server each
+                // connected client's outer address, admitted at XDP while connected.
+                let peers: Vec<std::net::IpAddr> = if clients.is_empty() {
+                    status
+                        .peer
+                        .as_deref()
+                        .and_then(|peer| peer.parse::<SocketAddr>().ok())
+                        .map(|peer| peer.ip())
+                        .into_iter()
+                        .collect()
+                } else {
+                    let unique: std::collections::BTreeSet<std::net::IpAddr> = clients
+                        .iter()
+                        .map(|client| client.real_address.ip())
+                        .collect();
+                    unique.into_iter().collect()
+                };
                 let state = LinkState {
                     established: status.state == "established",
                     peers,
@@ -266,10 +325,43 @@ impl Running {
             .collect()
     }
 
+    /// A multi-client server's tun also carries packets from its connected clients' iroutes
+    /// (ccd files, known only at run time); the tun source policing must let them in, unless
+    /// the tunnel lists its `allowed_sources` explicitly.
+    fn allow_client_iroutes(&self, plan: &mut FastPathPlan) {
+        for runtime in &self.tunnels {
+            let Runtime::Server(server) = runtime else {
+                continue;
+            };
+            let Some(tunnel) = self
+                .config
+                .tunnels
+                .iter()
+                .find(|tunnel| tunnel.name == server.name())
+            else {
+                continue;
+            };
+            if tunnel.fast_path.allowed_sources.is_some() {
+                continue;
+            }
+            if let Some(sources) = plan.tun_sources.get_mut(&tunnel.device) {
+                for client in server.clients() {
+                    sources.extend(
+                        client
+                            .iroutes
+                            .iter()
+                            .map(|iroute| ipnet::IpNet::V4(*iroute)),
+                    );
+                }
+            }
+        }
+    }
+
     /// Brings the eBPF maps in step with the config and the tunnels' current states; cheap when
     /// nothing changed (the plan equals the applied one). Errors are retried at the next poll.
     fn sync_fast_path(&mut self) {
-        let plan = ebpf_plan::plan(&self.config, &self.link_states(), self.fast_path.cpus);
+        let mut plan = ebpf_plan::plan(&self.config, &self.link_states(), self.fast_path.cpus);
+        self.allow_client_iroutes(&mut plan);
         if self.fast_path.applied.as_ref() == Some(&plan) {
             return;
         }

@@ -48,6 +48,9 @@ pub struct TunnelStatus {
     pub state: String,
     /// Session and data-path details while the tunnel runs.
     pub runtime: Option<crate::io::tunnel::TunnelRuntimeStatus>,
+    /// A multi-client server's connected clients, by tunnel address (empty for other roles).
+    #[serde(default)]
+    pub clients: Vec<crate::io::server::ClientInfo>,
 }
 
 impl Status {
@@ -112,7 +115,96 @@ impl Status {
                     let _ = writeln!(out, "  {name:<20} {value}");
                 }
             }
+            if !tunnel.clients.is_empty() {
+                let _ = writeln!(out, "  clients ({}):", tunnel.clients.len());
+            }
+            for client in &tunnel.clients {
+                let iroutes: Vec<String> = client.iroutes.iter().map(ToString::to_string).collect();
+                let _ = writeln!(
+                    out,
+                    "    {:<15} cn {} from {} peer-id {}{}",
+                    client.virtual_address,
+                    client.common_name,
+                    client.real_address,
+                    client.peer_id,
+                    if iroutes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" iroutes {}", iroutes.join(" "))
+                    }
+                );
+            }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::server::ClientInfo;
+
+    fn status_with_clients(clients: Vec<ClientInfo>) -> Status {
+        Status {
+            node: "n".into(),
+            version: "0".into(),
+            pid: 1,
+            uptime_secs: 2,
+            config_path: "c.toml".into(),
+            config_summary: "n: 1 tunnel".into(),
+            wan: WanStatus {
+                interface: "eth0".into(),
+                xdp_mode: "generic".into(),
+                pin_dir: "/sys/fs/bpf/n".into(),
+                counters: BTreeMap::new(),
+            },
+            fast_path: FastPathStatus::default(),
+            tunnels: vec![TunnelStatus {
+                name: "clients".into(),
+                role: "server".into(),
+                transport: "udp".into(),
+                local: Some("0.0.0.0:1194".into()),
+                remotes: Vec::new(),
+                device: "vpn-clients".into(),
+                state: "established".into(),
+                runtime: None,
+                clients,
+            }],
+        }
+    }
+
+    #[test]
+    fn server_clients_are_listed_in_text_and_json() {
+        let status = status_with_clients(vec![ClientInfo {
+            common_name: "alice".into(),
+            virtual_address: "10.8.0.50".parse().unwrap(),
+            iroutes: vec!["192.168.50.0/24".parse().unwrap()],
+            real_address: "192.0.2.7:40000".parse().unwrap(),
+            peer_id: 3,
+            connected_since_unix: 1_700_000_000,
+        }]);
+        let text = status.render_text();
+        assert!(text.contains("  clients (1):\n"), "{text}");
+        assert!(
+            text.contains(
+                "    10.8.0.50       cn alice from 192.0.2.7:40000 peer-id 3 iroutes 192.168.50.0/24\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        let client = &json["tunnels"][0]["clients"][0];
+        assert_eq!(client["virtual_address"], "10.8.0.50");
+        assert_eq!(client["iroutes"][0], "192.168.50.0/24");
+        // A status from a daemon without the client list still parses.
+        let mut older = json.clone();
+        older["tunnels"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("clients");
+        let parsed: Status = serde_json::from_value(older).unwrap();
+        assert!(parsed.tunnels[0].clients.is_empty());
+        assert!(!status_with_clients(Vec::new())
+            .render_text()
+            .contains("clients ("));
     }
 }

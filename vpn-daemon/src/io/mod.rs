@@ -4,6 +4,7 @@ pub mod ebpf;
 pub mod ebpf_plan;
 pub mod netlink;
 pub mod offload;
+pub mod server;
 pub mod tun;
 pub mod tunnel;
 pub mod udp_batch;

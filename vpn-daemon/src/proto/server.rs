@@ -269,7 +269,7 @@ impl RouteTable {
         }
         table
             .prefixes
-            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.prefix_len()));
         table
     }
 

@@ -683,6 +683,24 @@ impl Session {
         cc_exit
     }
 
+    /// Server going away: tells the client to reconnect, with `RESTART,[N]` (`next_server`) to
+    /// its next `remote` at once (push.c `server_pushed_signal`; what an OpenVPN server with
+    /// `explicit-exit-notify 2` sends). Works with every 2.x client, cc-exit or not. Returns
+    /// whether the message could go out (the session was established).
+    pub fn restart_peer(&mut self, now: Instant, next_server: bool) -> bool {
+        let sent = self.established && !self.ended;
+        if sent {
+            self.send_control_message(if next_server {
+                "RESTART,[N]"
+            } else {
+                "RESTART"
+            });
+            self.flush(now);
+        }
+        self.ended = true;
+        sent
+    }
+
     fn end(&mut self, end: SessionEnd) {
         if !self.ended {
             self.ended = true;

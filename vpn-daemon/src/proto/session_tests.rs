@@ -1640,3 +1640,25 @@ fn a_refused_client_gets_auth_failed_and_both_ends_stop() {
     ));
     assert!(pair.client.pushed.is_none() && pair.client.established.is_none());
 }
+
+#[test]
+fn a_server_restart_message_makes_the_client_restart() {
+    let mut pair = per_client_push_pair(93);
+    assert!(pair.run_until(Duration::from_secs(5), |pair| !pair
+        .server
+        .authenticated
+        .is_empty()));
+    let now = pair.now;
+    pair.server.session.set_push(now, server_push(), 4);
+    let limit = pair.elapsed() + Duration::from_secs(5);
+    assert!(pair.establish(limit), "{}", pair.describe());
+    let now = pair.now;
+    assert!(pair.server.session.restart_peer(now, true));
+    assert!(pair.server.session.is_ended());
+    let limit = pair.elapsed() + Duration::from_secs(5);
+    assert!(pair.run_until(limit, |pair| pair.client.ended.is_some()));
+    assert!(matches!(
+        pair.client.end_reason(),
+        Some(SessionEnd::PeerRestart)
+    ));
+}
