@@ -363,7 +363,6 @@ fn tunnel_address(ns: &NetNs, dev: &str) -> String {
 /// A server config with a client-config-dir (fixed address for CN "client"), client-to-client
 /// and max-clients, imported and run; the stock client gets its ccd address.
 #[test]
-#[ignore = "needs the multi-client server runtime (client-config-dir at run time) from wip/server d1de1ac or later; passes with it merged"]
 fn imported_server_with_ccd_gives_the_fixed_address() {
     if !require_root("imported_server_with_ccd_gives_the_fixed_address") {
         return;
