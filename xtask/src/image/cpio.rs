@@ -60,10 +60,6 @@ impl Archive {
         self.nodes.insert(path, Node::CharDevice { mode, major, minor });
     }
 
-    pub fn contains(&self, path: &str) -> bool {
-        self.nodes.contains_key(&clean(path))
-    }
-
     fn parents(&mut self, path: &str) {
         let mut prefix = String::new();
         let components: Vec<&str> = path.split('/').collect();

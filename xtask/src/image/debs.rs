@@ -2,6 +2,7 @@
 //! `dpkg-deb -x` into a per-version tree. Nothing is installed on the build host.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -17,9 +18,23 @@ pub struct Package {
     pub root: PathBuf,
 }
 
-/// Downloads (if not cached) and unpacks `name` at the archive's candidate version.
-pub fn fetch(cache: &Path, name: &str) -> anyhow::Result<Package> {
-    let version = candidate_version(name)?;
+/// Downloads (if not cached) and unpacks each of `names` at the archive's candidate version.
+pub fn fetch_all(cache: &Path, names: &[String]) -> anyhow::Result<Vec<Package>> {
+    let versions = candidate_versions(names)?;
+    names
+        .iter()
+        .map(|name| {
+            let version = versions
+                .get(name)
+                .with_context(|| format!("apt-cache knows no version of {name} (apt-get update?)"))?;
+            fetch(cache, name, version)
+        })
+        .collect()
+}
+
+/// Downloads (if not cached) and unpacks `name` at `version`.
+fn fetch(cache: &Path, name: &str, version: &str) -> anyhow::Result<Package> {
+    let version = version.to_owned();
     let safe_version = version.replace(':', "%3a");
     let download_dir = cache.join("debs").join(name).join(&safe_version);
     let root = cache.join("root").join(format!("{name}_{safe_version}"));
@@ -76,12 +91,23 @@ pub fn resolve_kernel_package(name: &str) -> anyhow::Result<String> {
     Ok(target.unwrap_or(name).to_owned())
 }
 
-fn candidate_version(name: &str) -> anyhow::Result<String> {
-    let show = capture(Command::new("apt-cache").args(["show", "--no-all-versions", name]))?;
-    show.lines()
-        .find_map(|line| line.strip_prefix("Version: "))
-        .map(|version| version.trim().to_owned())
-        .with_context(|| format!("apt-cache knows no version of {name} (apt-get update?)"))
+/// Candidate versions of `names`, from one `apt-cache show` (one call per package is slow).
+fn candidate_versions(names: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let show = capture(
+        Command::new("apt-cache")
+            .args(["show", "--no-all-versions"])
+            .args(names),
+    )?;
+    let mut versions = BTreeMap::new();
+    let mut package = None;
+    for line in show.lines() {
+        if let Some(name) = line.strip_prefix("Package: ") {
+            package = Some(name.trim().to_owned());
+        } else if let (Some(version), Some(name)) = (line.strip_prefix("Version: "), package.take()) {
+            versions.entry(name).or_insert_with(|| version.trim().to_owned());
+        }
+    }
+    Ok(versions)
 }
 
 fn find_deb(dir: &Path) -> anyhow::Result<Option<PathBuf>> {

@@ -106,6 +106,7 @@ pub fn run(options: &ImageOptions) -> anyhow::Result<()> {
     println!("initramfs: {}", artifacts.initramfs.display());
     println!("uki:       {}", artifacts.uki.display());
     println!("cmdline:   {}", artifacts.cmdline);
+    println!("version:   {} (all outputs in {})", artifacts.version, artifacts.dir.display());
     Ok(())
 }
 
@@ -128,10 +129,7 @@ pub fn build(options: &ImageOptions) -> anyhow::Result<ImageArtifacts> {
             definition.packages.systemd_boot.clone(),
         ];
         names.extend(definition.packages.extra.iter().cloned());
-        let mut packages = Vec::new();
-        for name in names {
-            packages.push(debs::fetch(&cache, &name)?);
-        }
+        let packages = debs::fetch_all(&cache, &names)?;
         for package in &packages[..3] {
             println!("  {} {}", package.name, package.version);
         }
@@ -148,7 +146,11 @@ pub fn build(options: &ImageOptions) -> anyhow::Result<ImageArtifacts> {
     let initramfs = step("image: initramfs", || {
         let module_list = std::fs::read_to_string(image_dir.join(&definition.kernel.modules))?;
         let modules = kernel.resolve_modules(&definition::parse_module_list(&module_list))?;
-        println!("  {} kernel modules (with dependencies)", modules.len());
+        println!(
+            "  kernel {}: {} modules (with dependencies)",
+            kernel.release,
+            modules.len()
+        );
         let mut archive = base_archive(&busybox);
         archive.file("/init", std::fs::read(image_dir.join("init/init"))?, 0o755);
         archive.file(
@@ -192,12 +194,12 @@ pub fn build(options: &ImageOptions) -> anyhow::Result<ImageArtifacts> {
         }
         let raw = archive.to_bytes(epoch);
         println!("  {:.1} MiB uncompressed", raw.len() as f64 / 1048576.0);
-        zstd(&raw)
+        zstd_cached(&cache, &raw)
     })?;
     let bad_initramfs = {
         let mut archive = base_archive(&busybox);
         archive.file("/init", std::fs::read(image_dir.join("init/bad-init"))?, 0o755);
-        zstd(&archive.to_bytes(epoch))?
+        zstd_cached(&cache, &archive.to_bytes(epoch))?
     };
 
     let artifacts = ImageArtifacts {
@@ -487,7 +489,22 @@ fn build_disk(
     Ok(disk)
 }
 
-/// zstd -19, single-threaded (deterministic); the Debian kernel unpacks zstd initramfs.
+/// [`zstd`] through a cache keyed by the input's sha256: level 19 takes a minute or more on a
+/// busy 2-core machine, and the output is a pure function of the input.
+fn zstd_cached(cache: &Path, data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let dir = cache.join("zstd");
+    let path = dir.join(format!("{}.zst", hex(&sha2::Sha256::digest(data))));
+    if let Ok(compressed) = std::fs::read(&path) {
+        return Ok(compressed);
+    }
+    let compressed = zstd(data)?;
+    std::fs::create_dir_all(&dir)?;
+    write_if_changed(&path, &compressed)?;
+    Ok(compressed)
+}
+
+/// zstd -19, single-threaded (deterministic); the Debian kernel unpacks zstd initramfs, and
+/// level 19 keeps two UKIs on a 48 MiB ESP with room for an update.
 fn zstd(data: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut child = Command::new("zstd")
         .args(["-q", "-19", "-T1", "-c"])
@@ -521,9 +538,4 @@ fn write_if_changed(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// The sha256 of a file, as lowercase hex.
-pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    Ok(hex(&sha2::Sha256::digest(std::fs::read(path)?)))
 }
