@@ -3,8 +3,9 @@
 //! - `tunnel`: two appliances booted directly (vmlinux + initramfs) on one cable, configs via
 //!   fw_cfg; both report TUNNEL-UP and site A pings site B's tunnel address.
 //! - `uefi`: the disk image through OVMF -> systemd-boot -> slot A, config from fw_cfg.
-//! - `update`: the disk image gets `appliance-next.efi` via fw_cfg `update.efi`; the appliance
-//!   writes it to slot B, reboots into it and blesses it.
+//! - `update`: the disk image boots with an update medium holding `appliance-next.efi` (second
+//!   virtio disk, see `build_update_disk`); the appliance writes it to slot B, reboots into it and
+//!   blesses it.
 //! - `fallback`: the same with `appliance-bad.efi` (one try): slot B fails, systemd-boot falls
 //!   back to slot A by itself, which reports UPDATE-FALLBACK.
 
@@ -148,12 +149,8 @@ pub fn uefi(artifacts: &ImageArtifacts) -> anyhow::Result<()> {
 }
 
 fn update_vm(artifacts: &ImageArtifacts, dir: &Path, update: &Path, tries: Option<u32>) -> anyhow::Result<Vm> {
-    let mut fw_cfg = vec![("update.efi".to_owned(), update.to_owned())];
-    if let Some(tries) = tries {
-        let file = dir.join("update-tries");
-        std::fs::write(&file, format!("{tries}\n"))?;
-        fw_cfg.push(("update-tries".to_owned(), file));
-    }
+    let medium = dir.join("update.img");
+    super::build_update_disk(update, tries, &medium)?;
     Vm::start(
         artifacts,
         &BootMode::Uefi {
@@ -161,8 +158,11 @@ fn update_vm(artifacts: &ImageArtifacts, dir: &Path, update: &Path, tries: Optio
         },
         &VmOptions {
             name: "update".into(),
-            fw_cfg,
-            qemu_args: Vec::new(),
+            fw_cfg: Vec::new(),
+            qemu_args: vec![
+                "-drive".into(),
+                format!("file={},format=raw,if=virtio,readonly=on", medium.display()),
+            ],
             memory_mib: 256,
         },
     )

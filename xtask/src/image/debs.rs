@@ -103,8 +103,10 @@ fn candidate_versions(names: &[String]) -> anyhow::Result<BTreeMap<String, Strin
     for line in show.lines() {
         if let Some(name) = line.strip_prefix("Package: ") {
             package = Some(name.trim().to_owned());
-        } else if let (Some(version), Some(name)) = (line.strip_prefix("Version: "), package.take()) {
-            versions.entry(name).or_insert_with(|| version.trim().to_owned());
+        } else if let Some(version) = line.strip_prefix("Version: ") {
+            if let Some(name) = package.take() {
+                versions.entry(name).or_insert_with(|| version.trim().to_owned());
+            }
         }
     }
     Ok(versions)

@@ -489,6 +489,40 @@ fn build_disk(
     Ok(disk)
 }
 
+/// An update medium: a GPT disk with one FAT partition named `APPUPDATE` holding `update.efi`
+/// (and `update-tries` when `tries` is given). Attached to a running appliance (a second virtio
+/// disk in VMs, a USB stick on hardware), init installs the UKI into the inactive slot and
+/// reboots into it. (qemu fw_cfg cannot carry it: the guest driver reads it byte by byte,
+/// restarting from the beginning for every page, which never ends for 20 MB.)
+pub fn build_update_disk(uki: &Path, tries: Option<u32>, out: &Path) -> anyhow::Result<()> {
+    let mut files = vec![(
+        "update.efi".to_owned(),
+        std::fs::read(uki).with_context(|| format!("reading {}", uki.display()))?,
+    )];
+    if let Some(tries) = tries {
+        files.push(("update-tries".to_owned(), format!("{tries}\n").into_bytes()));
+    }
+    let payload: u64 = files.iter().map(|(_, data)| data.len() as u64).sum();
+    // FAT16 with room for the directory and FAT tables.
+    let volume_size = (payload + payload / 8 + 2 * MIB).div_ceil(MIB) * MIB;
+    let volume = fat::build(volume_size, false, "APPUPDATE", 0x5650_4e55, &files)?;
+    let mut disk = vec![0u8; usize::try_from(MIB + volume_size + MIB)?];
+    let first = MIB / gpt::SECTOR;
+    disk[usize::try_from(MIB)?..usize::try_from(MIB + volume_size)?].copy_from_slice(&volume);
+    gpt::write(
+        &mut disk,
+        gpt::derived_guid("vpn-appliance/update-disk"),
+        &[gpt::Partition {
+            name: "APPUPDATE".into(),
+            type_guid: gpt::guid(gpt::TYPE_BASIC_DATA)?,
+            unique_guid: gpt::derived_guid("vpn-appliance/APPUPDATE"),
+            first_lba: first,
+            last_lba: first + volume_size / gpt::SECTOR - 1,
+        }],
+    )?;
+    write_if_changed(out, &disk)
+}
+
 /// [`zstd`] through a cache keyed by the input's sha256: level 19 takes a minute or more on a
 /// busy 2-core machine, and the output is a pure function of the input.
 fn zstd_cached(cache: &Path, data: &[u8]) -> anyhow::Result<Vec<u8>> {
