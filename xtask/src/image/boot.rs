@@ -51,8 +51,16 @@ pub struct Vm {
 
 impl Vm {
     /// Starts qemu for `artifacts` booted as `mode`.
-    pub fn start(artifacts: &ImageArtifacts, mode: &BootMode, options: &VmOptions) -> anyhow::Result<Self> {
-        let memory = if options.memory_mib == 0 { 256 } else { options.memory_mib };
+    pub fn start(
+        artifacts: &ImageArtifacts,
+        mode: &BootMode,
+        options: &VmOptions,
+    ) -> anyhow::Result<Self> {
+        let memory = if options.memory_mib == 0 {
+            256
+        } else {
+            options.memory_mib
+        };
         let mut command = Command::new("qemu-system-x86_64");
         command
             .args(["-accel", "tcg", "-machine", "q35", "-smp", "1"])
@@ -83,7 +91,10 @@ impl Vm {
                 .arg(format!("name=opt/appliance/{name},file={}", file.display()));
         }
         command.args(&options.qemu_args);
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = command.spawn().context("starting qemu-system-x86_64")?;
 
         let (sender, lines) = mpsc::channel();
@@ -97,7 +108,10 @@ impl Vm {
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream);
                 let mut raw = Vec::new();
-                while reader.read_until(b'\n', &mut raw).is_ok_and(|read| read > 0) {
+                while reader
+                    .read_until(b'\n', &mut raw)
+                    .is_ok_and(|read| read > 0)
+                {
                     let line = String::from_utf8_lossy(&raw).trim_end().replace('\r', "");
                     raw.clear();
                     if let Ok(mut log) = log.lock() {
@@ -121,7 +135,11 @@ impl Vm {
 
     /// Waits for a console line starting with `marker`; returns the line and the time since the
     /// VM started. Fails on timeout or when qemu ends first.
-    pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> anyhow::Result<(String, Duration)> {
+    pub fn wait_for(
+        &mut self,
+        marker: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(String, Duration)> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -133,10 +151,18 @@ impl Vm {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    bail!("{}: no `{marker}` within {timeout:?}; console:\n{}", self.name, self.tail(60))
+                    bail!(
+                        "{}: no `{marker}` within {timeout:?}; console:\n{}",
+                        self.name,
+                        self.tail(60)
+                    )
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("{}: qemu ended before `{marker}`; console:\n{}", self.name, self.tail(60))
+                    bail!(
+                        "{}: qemu ended before `{marker}`; console:\n{}",
+                        self.name,
+                        self.tail(60)
+                    )
                 }
             }
         }
@@ -171,7 +197,11 @@ impl Drop for Vm {
 /// A point-to-point "cable" between two VMs: unix datagram sockets in `dir`, no host networking
 /// and no root. Returns the qemu arguments for side 0 and side 1 (virtio-net NICs with the MACs).
 pub fn cable(dir: &Path, name: &str, macs: [&str; 2]) -> [Vec<String>; 2] {
-    let path = |side: usize| dir.join(format!("{name}.{side}.sock")).display().to_string();
+    let path = |side: usize| {
+        dir.join(format!("{name}.{side}.sock"))
+            .display()
+            .to_string()
+    };
     [0, 1].map(|side| {
         vec![
             "-netdev".to_owned(),

@@ -1,5 +1,7 @@
 //! `cargo xtask image-test`: boots the built artifacts under qemu and checks the marker lines.
 //!
+//! - `reproducible`: a second build into another directory gives the same bytes for every
+//!   artifact; both FAT partitions of disk.img pass `fsck.fat -n`.
 //! - `tunnel`: two appliances booted directly (vmlinux + initramfs) on one cable, configs via
 //!   fw_cfg; both report TUNNEL-UP and site A pings site B's tunnel address.
 //! - `uefi`: the disk image through OVMF -> systemd-boot -> slot A, config from fw_cfg.
@@ -22,7 +24,7 @@ use super::{
 };
 use crate::workspace_root;
 
-pub const SCENARIOS: &[&str] = &["tunnel", "uefi", "update", "fallback"];
+pub const SCENARIOS: &[&str] = &["reproducible", "tunnel", "uefi", "update", "fallback"];
 
 /// Runs the named scenarios (all when empty), one after the other; fails at the first failure.
 pub fn run(artifacts: &ImageArtifacts, scenarios: &[String]) -> anyhow::Result<()> {
@@ -35,6 +37,7 @@ pub fn run(artifacts: &ImageArtifacts, scenarios: &[String]) -> anyhow::Result<(
         let started = Instant::now();
         println!("==> image-test {scenario}");
         match scenario {
+            "reproducible" => reproducible(artifacts),
             "tunnel" => tunnel(artifacts),
             "uefi" => uefi(artifacts),
             "update" => update(artifacts),
@@ -58,10 +61,21 @@ fn test_dir() -> PathBuf {
 fn site_fw_cfg(site: char) -> Vec<(String, PathBuf)> {
     let pki = workspace_root().join("vpn-daemon/examples/pki");
     let mut entries = vec![
-        ("config".to_owned(), test_dir().join(format!("site-{site}.toml"))),
-        ("network".to_owned(), test_dir().join(format!("network-{site}"))),
+        (
+            "config".to_owned(),
+            test_dir().join(format!("site-{site}.toml")),
+        ),
+        (
+            "network".to_owned(),
+            test_dir().join(format!("network-{site}")),
+        ),
     ];
-    for file in ["ca.crt", "tc.key", &format!("site-{site}.crt"), &format!("site-{site}.key")] {
+    for file in [
+        "ca.crt",
+        "tc.key",
+        &format!("site-{site}.crt"),
+        &format!("site-{site}.key"),
+    ] {
         entries.push((format!("pki/{file}"), pki.join(file)));
     }
     entries
@@ -71,10 +85,60 @@ fn show(vm_name: &str, (line, at): &(String, Duration)) {
     println!("  {vm_name} {:>6.1}s  {line}", at.as_secs_f64());
 }
 
+/// Builds again into a fresh directory and compares every artifact; fscks the disk's FATs.
+pub fn reproducible(artifacts: &ImageArtifacts) -> anyhow::Result<()> {
+    let parent = artifacts.dir.parent().context("output dir has no parent")?;
+    let dir = tempfile::tempdir_in(parent)?;
+    let second = super::build(&super::ImageOptions {
+        out_dir: Some(dir.path().to_owned()),
+        ..Default::default()
+    })?;
+    for (first, again) in [
+        (&artifacts.disk, &second.disk),
+        (&artifacts.vmlinux, &second.vmlinux),
+        (&artifacts.initramfs, &second.initramfs),
+        (&artifacts.uki, &second.uki),
+        (&artifacts.uki_next, &second.uki_next),
+        (&artifacts.uki_bad, &second.uki_bad),
+    ] {
+        let (a, b) = (super::sha256_file(first)?, super::sha256_file(again)?);
+        if a != b {
+            bail!("{} differs between two builds: {a} vs {b}", first.display());
+        }
+    }
+    println!(
+        "  two builds: disk.img sha256 {} both times",
+        second.disk_sha256
+    );
+    let disk = std::fs::read(&artifacts.disk)?;
+    for (name, start, end) in super::gpt::read_partitions(&disk)? {
+        let path = dir.path().join(format!("{name}.fat"));
+        std::fs::write(
+            &path,
+            disk.get(start..end).context("partition outside the disk")?,
+        )?;
+        let output = std::process::Command::new("/usr/sbin/fsck.fat")
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .context("running fsck.fat")?;
+        let report = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() || report.contains("Expected") {
+            bail!("fsck.fat -n {name}:\n{report}");
+        }
+        println!("  fsck.fat -n {name}: clean");
+    }
+    Ok(())
+}
+
 /// Two appliances, direct kernel boot, one cable: tunnel up both ways, ping across.
 pub fn tunnel(artifacts: &ImageArtifacts) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let [wire_a, wire_b] = cable(dir.path(), "wan", ["52:54:00:00:0a:01", "52:54:00:00:0b:01"]);
+    let [wire_a, wire_b] = cable(
+        dir.path(),
+        "wan",
+        ["52:54:00:00:0a:01", "52:54:00:00:0b:01"],
+    );
     let mut fw_cfg_a = site_fw_cfg('a');
     fw_cfg_a.push(("run".to_owned(), test_dir().join("ping-b")));
     let direct = BootMode::Direct {
@@ -102,7 +166,12 @@ pub fn tunnel(artifacts: &ImageArtifacts) -> anyhow::Result<()> {
     )?;
     let timeout = Duration::from_secs(120);
     for (vm, name) in [(&mut a, "site-a"), (&mut b, "site-b")] {
-        for marker in ["APPLIANCE-BOOT", "APPLIANCE-CONFIG source=fw_cfg", "APPLIANCE-NET wan0", "APPLIANCE-READY"] {
+        for marker in [
+            "APPLIANCE-BOOT",
+            "APPLIANCE-CONFIG source=fw_cfg",
+            "APPLIANCE-NET wan0",
+            "APPLIANCE-READY",
+        ] {
             show(name, &vm.wait_for(marker, timeout)?);
         }
     }
@@ -124,7 +193,11 @@ fn disk_copy(artifacts: &ImageArtifacts, dir: &Path) -> anyhow::Result<PathBuf> 
 /// The real disk image through OVMF and systemd-boot: slot A boots and brings the daemon up.
 pub fn uefi(artifacts: &ImageArtifacts) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let [wire, _] = cable(dir.path(), "wan", ["52:54:00:00:0a:01", "52:54:00:00:0b:01"]);
+    let [wire, _] = cable(
+        dir.path(),
+        "wan",
+        ["52:54:00:00:0a:01", "52:54:00:00:0b:01"],
+    );
     let mut vm = Vm::start(
         artifacts,
         &BootMode::Uefi {
@@ -148,7 +221,12 @@ pub fn uefi(artifacts: &ImageArtifacts) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn update_vm(artifacts: &ImageArtifacts, dir: &Path, update: &Path, tries: Option<u32>) -> anyhow::Result<Vm> {
+fn update_vm(
+    artifacts: &ImageArtifacts,
+    dir: &Path,
+    update: &Path,
+    tries: Option<u32>,
+) -> anyhow::Result<Vm> {
     let medium = dir.join("update.img");
     super::build_update_disk(update, tries, &medium)?;
     Vm::start(

@@ -57,7 +57,8 @@ impl Archive {
     pub fn char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) {
         let path = clean(path);
         self.parents(&path);
-        self.nodes.insert(path, Node::CharDevice { mode, major, minor });
+        self.nodes
+            .insert(path, Node::CharDevice { mode, major, minor });
     }
 
     fn parents(&mut self, path: &str) {
@@ -81,7 +82,9 @@ impl Archive {
                 Node::Directory => (S_IFDIR | 0o755, 2, &[], (0, 0)),
                 Node::File { data, mode } => (S_IFREG | mode, 1, data.as_slice(), (0, 0)),
                 Node::Symlink { target } => (S_IFLNK | 0o777, 1, target.as_bytes(), (0, 0)),
-                Node::CharDevice { mode, major, minor } => (S_IFCHR | mode, 1, &[], (*major, *minor)),
+                Node::CharDevice { mode, major, minor } => {
+                    (S_IFCHR | mode, 1, &[], (*major, *minor))
+                }
             };
             write_entry(&mut out, path, inode, mode, nlink, mtime, data, rdev);
         }
@@ -91,7 +94,9 @@ impl Archive {
 }
 
 fn clean(path: &str) -> String {
-    path.trim_start_matches('/').trim_end_matches('/').to_owned()
+    path.trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -132,7 +137,7 @@ fn write_entry(
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -162,7 +167,7 @@ mod tests {
         let deep = text.find("etc/deep\0").unwrap();
         let file = text.find("etc/deep/file.txt\0").unwrap();
         assert!(etc < deep && deep < file);
-        assert!(first.len() % 4 == 0);
+        assert!(first.len().is_multiple_of(4));
     }
 
     /// GNU cpio (if installed) must list and extract what we wrote, with our modes and mtime.
@@ -186,6 +191,9 @@ mod tests {
         assert!(listing.contains("bin/tool"), "{listing}");
         assert!(listing.contains("sbin/tool -> /bin/tool"), "{listing}");
         assert!(listing.contains("crw-------"), "{listing}");
-        assert!(listing.contains("2023"), "mtime 1700000000 is in 2023: {listing}");
+        assert!(
+            listing.contains("2023"),
+            "mtime 1700000000 is in 2023: {listing}"
+        );
     }
 }

@@ -24,9 +24,9 @@ pub fn fetch_all(cache: &Path, names: &[String]) -> anyhow::Result<Vec<Package>>
     names
         .iter()
         .map(|name| {
-            let version = versions
-                .get(name)
-                .with_context(|| format!("apt-cache knows no version of {name} (apt-get update?)"))?;
+            let version = versions.get(name).with_context(|| {
+                format!("apt-cache knows no version of {name} (apt-get update?)")
+            })?;
             fetch(cache, name, version)
         })
         .collect()
@@ -105,7 +105,9 @@ fn candidate_versions(names: &[String]) -> anyhow::Result<BTreeMap<String, Strin
             package = Some(name.trim().to_owned());
         } else if let Some(version) = line.strip_prefix("Version: ") {
             if let Some(name) = package.take() {
-                versions.entry(name).or_insert_with(|| version.trim().to_owned());
+                versions
+                    .entry(name)
+                    .or_insert_with(|| version.trim().to_owned());
             }
         }
     }

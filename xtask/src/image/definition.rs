@@ -59,8 +59,8 @@ impl Definition {
     /// Reads `<image_dir>/image.toml`.
     pub fn load(image_dir: &Path) -> anyhow::Result<Self> {
         let path = image_dir.join("image.toml");
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -94,8 +94,7 @@ mod tests {
         let image_dir = crate::workspace_root().join("image");
         let definition = Definition::load(&image_dir).unwrap();
         assert!(definition.disk.tries >= 1);
-        let modules =
-            std::fs::read_to_string(image_dir.join(&definition.kernel.modules)).unwrap();
+        let modules = std::fs::read_to_string(image_dir.join(&definition.kernel.modules)).unwrap();
         let modules = parse_module_list(&modules);
         assert!(modules.contains(&"virtio_net".to_owned()));
         assert!(modules.contains(&"tun".to_owned()));

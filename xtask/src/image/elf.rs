@@ -32,7 +32,10 @@ fn read_u64(data: &[u8], at: usize) -> anyhow::Result<u64> {
 }
 
 fn sections(data: &[u8]) -> anyhow::Result<Vec<Section>> {
-    if data.get(..4) != Some(b"\x7fELF".as_slice()) || data.get(4) != Some(&2) || data.get(5) != Some(&1) {
+    if data.get(..4) != Some(b"\x7fELF".as_slice())
+        || data.get(4) != Some(&2)
+        || data.get(5) != Some(&1)
+    {
         bail!("not a 64-bit little-endian ELF file");
     }
     let table = usize::try_from(read_u64(data, 0x28)?)?;
@@ -60,8 +63,13 @@ fn section_bytes<'a>(data: &'a [u8], section: &Section) -> anyhow::Result<&'a [u
 
 /// The NUL-terminated string at `offset` of a string table.
 fn string_at(table: &[u8], offset: usize) -> anyhow::Result<String> {
-    let tail = table.get(offset..).context("ELF string offset out of bounds")?;
-    let end = tail.iter().position(|&b| b == 0).context("unterminated ELF string")?;
+    let tail = table
+        .get(offset..)
+        .context("ELF string offset out of bounds")?;
+    let end = tail
+        .iter()
+        .position(|&b| b == 0)
+        .context("unterminated ELF string")?;
     Ok(String::from_utf8_lossy(&tail[..end]).into_owned())
 }
 
@@ -86,7 +94,9 @@ pub fn needed_libraries(data: &[u8]) -> anyhow::Result<Vec<String>> {
     };
     let strings = section_bytes(
         data,
-        sections.get(dynamic.link as usize).context("bad .dynamic link")?,
+        sections
+            .get(dynamic.link as usize)
+            .context("bad .dynamic link")?,
     )?;
     let entries = section_bytes(data, dynamic)?;
     let mut needed = Vec::new();
@@ -110,7 +120,12 @@ pub fn module_depends(data: &[u8]) -> anyhow::Result<Vec<String>> {
     Ok(modinfo
         .split(|&b| b == 0)
         .filter_map(|field| field.strip_prefix(b"depends="))
-        .flat_map(|list| String::from_utf8_lossy(list).split(',').map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(|list| {
+            String::from_utf8_lossy(list)
+                .split(',')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .filter(|name| !name.is_empty())
         .collect())
 }

@@ -2,7 +2,7 @@
 //! entries, backup entries and header. Hand-written (about a page, per the UEFI spec chapter 5)
 //! because the `gpt` crate draws random partition GUIDs, which would break reproducibility.
 
-use anyhow::{bail, ensure};
+use anyhow::{bail, ensure, Context as _};
 
 pub const SECTOR: u64 = 512;
 const ENTRY_COUNT: u64 = 128;
@@ -77,8 +77,14 @@ pub fn last_usable_lba(total_sectors: u64) -> u64 {
 /// of 512); partition contents are the caller's.
 pub fn write(disk: &mut [u8], disk_guid: [u8; 16], partitions: &[Partition]) -> anyhow::Result<()> {
     let total = disk.len() as u64 / SECTOR;
-    ensure!(disk.len() as u64 % SECTOR == 0, "disk size is not a multiple of 512");
-    ensure!(partitions.len() as u64 <= ENTRY_COUNT, "too many partitions");
+    ensure!(
+        (disk.len() as u64).is_multiple_of(SECTOR),
+        "disk size is not a multiple of 512"
+    );
+    ensure!(
+        partitions.len() as u64 <= ENTRY_COUNT,
+        "too many partitions"
+    );
     for partition in partitions {
         if partition.first_lba < first_usable_lba()
             || partition.last_lba > last_usable_lba(total)
@@ -109,7 +115,11 @@ pub fn write(disk: &mut [u8], disk_guid: [u8; 16], partitions: &[Partition]) -> 
         entry[32..40].copy_from_slice(&partition.first_lba.to_le_bytes());
         entry[40..48].copy_from_slice(&partition.last_lba.to_le_bytes());
         let name: Vec<u16> = partition.name.encode_utf16().collect();
-        ensure!(name.len() <= 36, "partition name {} is too long", partition.name);
+        ensure!(
+            name.len() <= 36,
+            "partition name {} is too long",
+            partition.name
+        );
         for (unit_index, unit) in name.iter().enumerate() {
             entry[56 + unit_index * 2..58 + unit_index * 2].copy_from_slice(&unit.to_le_bytes());
         }
@@ -118,9 +128,10 @@ pub fn write(disk: &mut [u8], disk_guid: [u8; 16], partitions: &[Partition]) -> 
 
     let primary_entries = 2;
     let backup_entries = total - 1 - ENTRY_SECTORS;
-    for (header_lba, other_lba, entries_lba) in
-        [(1, total - 1, primary_entries), (total - 1, 1, backup_entries)]
-    {
+    for (header_lba, other_lba, entries_lba) in [
+        (1, total - 1, primary_entries),
+        (total - 1, 1, backup_entries),
+    ] {
         let mut header = [0u8; 92];
         header[0..8].copy_from_slice(b"EFI PART");
         header[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
@@ -146,6 +157,38 @@ pub fn write(disk: &mut [u8], disk_guid: [u8; 16], partitions: &[Partition]) -> 
     Ok(())
 }
 
+/// `(name, first byte, end byte)` of each partition in the primary table of `disk`.
+pub fn read_partitions(disk: &[u8]) -> anyhow::Result<Vec<(String, usize, usize)>> {
+    let header = disk
+        .get(512..512 + 92)
+        .context("disk too small for a GPT")?;
+    ensure!(&header[..8] == b"EFI PART", "no GPT header");
+    let number = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or_default());
+    let entries_lba = number(72);
+    let mut partitions = Vec::new();
+    for index in 0..ENTRY_COUNT {
+        let at = usize::try_from(entries_lba * SECTOR + index * ENTRY_SIZE)?;
+        let entry = disk
+            .get(at..at + ENTRY_SIZE as usize)
+            .context("GPT entries truncated")?;
+        if entry[..16].iter().all(|&b| b == 0) {
+            continue;
+        }
+        let lba = |at: usize| u64::from_le_bytes(entry[at..at + 8].try_into().unwrap_or_default());
+        let units: Vec<u16> = entry[56..128]
+            .chunks_exact(2)
+            .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+            .take_while(|&unit| unit != 0)
+            .collect();
+        partitions.push((
+            String::from_utf16_lossy(&units),
+            usize::try_from(lba(32) * SECTOR)?,
+            usize::try_from((lba(40) + 1) * SECTOR)?,
+        ));
+    }
+    Ok(partitions)
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Command;
@@ -163,7 +206,10 @@ mod tests {
         // UEFI spec: the ESP GUID's first bytes on disk are 28 73 2A C1 1F F8 D2 11.
         assert_eq!(
             guid(TYPE_ESP).unwrap(),
-            [0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b]
+            [
+                0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e,
+                0xc9, 0x3b
+            ]
         );
         assert!(guid("1234").is_err());
     }
@@ -189,6 +235,14 @@ mod tests {
             },
         ];
         write(&mut disk, derived_guid("disk"), &partitions).unwrap();
+        let read_back = read_partitions(&disk).unwrap();
+        assert_eq!(
+            read_back,
+            vec![
+                ("ESP".to_owned(), 2048 * 512, 6144 * 512),
+                ("APPCONFIG".to_owned(), 6144 * 512, 8192 * 512)
+            ]
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         std::fs::write(&path, &disk).unwrap();
@@ -203,7 +257,11 @@ mod tests {
         assert!(!warnings.contains("corrupt"), "{warnings}");
         assert!(json.contains("\"label\": \"gpt\""), "{json}");
         assert!(json.contains("\"name\": \"APPCONFIG\""), "{json}");
-        assert!(json.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"), "{json}");
-        assert!(json.contains("\"start\": 6144, \"size\": 2048"), "{json}");
+        assert!(
+            json.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+            "{json}"
+        );
+        assert!(json.contains("\"start\": 6144,"), "{json}");
+        assert!(json.contains("\"size\": 2048,"), "{json}");
     }
 }

@@ -50,7 +50,13 @@ impl Kernel {
         let mut done = BTreeSet::new();
         let mut visiting = BTreeSet::new();
         for name in wanted {
-            visit(&normalise(name), &index, &mut done, &mut visiting, &mut order)?;
+            visit(
+                &normalise(name),
+                &index,
+                &mut done,
+                &mut visiting,
+                &mut order,
+            )?;
         }
         Ok(order)
     }
@@ -91,7 +97,9 @@ fn visit(
         .get(name)
         .with_context(|| format!("kernel module {name} not found (built in, or misspelt?)"))?;
     let data = std::fs::read(path)?;
-    for dependency in elf::module_depends(&data).with_context(|| format!("reading {}", path.display()))? {
+    for dependency in
+        elf::module_depends(&data).with_context(|| format!("reading {}", path.display()))?
+    {
         visit(&normalise(&dependency), index, done, visiting, order)?;
     }
     visiting.remove(name);

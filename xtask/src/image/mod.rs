@@ -106,7 +106,11 @@ pub fn run(options: &ImageOptions) -> anyhow::Result<()> {
     println!("initramfs: {}", artifacts.initramfs.display());
     println!("uki:       {}", artifacts.uki.display());
     println!("cmdline:   {}", artifacts.cmdline);
-    println!("version:   {} (all outputs in {})", artifacts.version, artifacts.dir.display());
+    println!(
+        "version:   {} (all outputs in {})",
+        artifacts.version,
+        artifacts.dir.display()
+    );
     Ok(())
 }
 
@@ -167,7 +171,11 @@ pub fn build(options: &ImageOptions) -> anyhow::Result<ImageArtifacts> {
         }
         let mut order = String::new();
         for (name, path) in &modules {
-            archive.file(&format!("/lib/modules/{name}.ko"), std::fs::read(path)?, 0o644);
+            archive.file(
+                &format!("/lib/modules/{name}.ko"),
+                std::fs::read(path)?,
+                0o644,
+            );
             order.push_str(name);
             order.push('\n');
         }
@@ -184,11 +192,7 @@ pub fn build(options: &ImageOptions) -> anyhow::Result<ImageArtifacts> {
             format!("{}\n", definition.disk.tries).into_bytes(),
             0o644,
         );
-        archive.file(
-            "/etc/os-release",
-            os_release(&version).into_bytes(),
-            0o644,
-        );
+        archive.file("/etc/os-release", os_release(&version).into_bytes(), 0o644);
         for directory in ["/etc/keepalived", "/config", "/mnt", "/tmp", "/root"] {
             archive.directory(directory);
         }
@@ -198,7 +202,11 @@ pub fn build(options: &ImageOptions) -> anyhow::Result<ImageArtifacts> {
     })?;
     let bad_initramfs = {
         let mut archive = base_archive(&busybox);
-        archive.file("/init", std::fs::read(image_dir.join("init/bad-init"))?, 0o755);
+        archive.file(
+            "/init",
+            std::fs::read(image_dir.join("init/bad-init"))?,
+            0o755,
+        );
         zstd_cached(&cache, &archive.to_bytes(epoch))?
     };
 
@@ -304,14 +312,20 @@ fn os_release(version: &str) -> String {
 fn build_daemon() -> anyhow::Result<Vec<u8>> {
     run_command(
         Command::new("cargo")
-            .args(["build", "--quiet", "--release", "-p", "vpn-daemon", "--bin", "vpn-daemon"])
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "vpn-daemon",
+                "--bin",
+                "vpn-daemon",
+            ])
             .args(["--target", DAEMON_TARGET])
             .env(DAEMON_RUSTFLAGS_VAR, "-C target-feature=+crt-static")
             .current_dir(workspace_root()),
     )?;
-    let binary = target_dir()
-        .join(DAEMON_TARGET)
-        .join("release/vpn-daemon");
+    let binary = target_dir().join(DAEMON_TARGET).join("release/vpn-daemon");
     let stripped = binary.with_file_name("vpn-daemon.stripped");
     run_command(
         Command::new("objcopy")
@@ -342,7 +356,12 @@ fn add_programs(
         let package = packages
             .iter()
             .find(|package| package.name == program.package)
-            .with_context(|| format!("program {} from unlisted package {}", program.path, program.package))?;
+            .with_context(|| {
+                format!(
+                    "program {} from unlisted package {}",
+                    program.path, program.package
+                )
+            })?;
         let data = std::fs::read(package.root.join(&program.path))
             .with_context(|| format!("{} has no {}", program.package, program.path))?;
         pending.extend(elf::needed_libraries(&data)?);
@@ -369,13 +388,22 @@ fn add_programs(
         "/lib64/ld-linux-x86-64.so.2",
         "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
     );
-    println!("  {} shared libraries for {} program(s)", libraries.len(), definition.programs.len());
+    println!(
+        "  {} shared libraries for {} program(s)",
+        libraries.len(),
+        definition.programs.len()
+    );
     Ok(())
 }
 
 fn find_library(packages: &[debs::Package], soname: &str) -> anyhow::Result<PathBuf> {
     for package in packages {
-        for dir in ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib"] {
+        for dir in [
+            "lib/x86_64-linux-gnu",
+            "usr/lib/x86_64-linux-gnu",
+            "lib",
+            "usr/lib",
+        ] {
             let candidate = package.root.join(dir).join(soname);
             if candidate.symlink_metadata().is_ok() {
                 let resolved = candidate
@@ -485,7 +513,11 @@ fn build_disk(
     disk[esp_at..esp_at + esp.len()].copy_from_slice(&esp);
     let config_at = usize::try_from(config_first * gpt::SECTOR)?;
     disk[config_at..config_at + config.len()].copy_from_slice(&config);
-    gpt::write(&mut disk, gpt::derived_guid("vpn-appliance/disk"), &partitions)?;
+    gpt::write(
+        &mut disk,
+        gpt::derived_guid("vpn-appliance/disk"),
+        &partitions,
+    )?;
     Ok(disk)
 }
 
@@ -572,4 +604,9 @@ fn write_if_changed(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The sha256 of a file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    Ok(hex(&sha2::Sha256::digest(std::fs::read(path)?)))
 }

@@ -70,8 +70,8 @@ fn free_address(stub: &[u8]) -> anyhow::Result<(u64, u64)> {
 
 /// Builds the UKI at `out` with its PE timestamp set to `epoch`.
 pub fn build(inputs: &UkiInputs, out: &Path, epoch: u64, scratch: &Path) -> anyhow::Result<()> {
-    let stub = std::fs::read(inputs.stub)
-        .with_context(|| format!("reading {}", inputs.stub.display()))?;
+    let stub =
+        std::fs::read(inputs.stub).with_context(|| format!("reading {}", inputs.stub.display()))?;
     let (_, mut address) = free_address(&stub)?;
     let os_release = scratch.join("os-release");
     let cmdline = scratch.join("cmdline");
