@@ -168,6 +168,51 @@ impl Vm {
         }
     }
 
+    /// Waits until every one of `markers` has appeared (in any order: a run hook's output and
+    /// the tunnel monitor's lines interleave); returns them in the order given.
+    pub fn wait_for_all(
+        &mut self,
+        markers: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<(String, Duration)>> {
+        let deadline = Instant::now() + timeout;
+        let mut found: Vec<Option<(String, Duration)>> = vec![None; markers.len()];
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let missing = || {
+                markers
+                    .iter()
+                    .zip(&found)
+                    .filter(|(_, seen)| seen.is_none())
+                    .map(|(marker, _)| *marker)
+                    .collect::<Vec<_>>()
+                    .join("`, `")
+            };
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    for (marker, seen) in markers.iter().zip(found.iter_mut()) {
+                        if let (None, Some(at)) = (&seen, line.find(marker)) {
+                            *seen = Some((line[at..].to_owned(), self.started.elapsed()));
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+                    "{}: no `{}` within {timeout:?}; console:\n{}",
+                    self.name,
+                    missing(),
+                    self.tail(60)
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
+                    "{}: qemu ended before `{}`; console:\n{}",
+                    self.name,
+                    missing(),
+                    self.tail(60)
+                ),
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
     /// The whole console output so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|log| log.clone()).unwrap_or_default()

@@ -5,6 +5,8 @@
 //! - `tunnel`: two appliances booted directly (vmlinux + initramfs) on one cable, configs via
 //!   fw_cfg; both report TUNNEL-UP and site A pings site B's tunnel address.
 //! - `uefi`: the disk image through OVMF -> systemd-boot -> slot A, config from fw_cfg.
+//! - `partition`: like hardware: a disk image built with the site config on its APPCONFIG
+//!   partition boots through OVMF without fw_cfg and brings the daemon up.
 //! - `update`: the disk image boots with an update medium holding `appliance-next.efi` (second
 //!   virtio disk, see `build_update_disk`); the appliance writes it to slot B, reboots into it and
 //!   blesses it.
@@ -24,7 +26,14 @@ use super::{
 };
 use crate::workspace_root;
 
-pub const SCENARIOS: &[&str] = &["reproducible", "tunnel", "uefi", "update", "fallback"];
+pub const SCENARIOS: &[&str] = &[
+    "reproducible",
+    "tunnel",
+    "uefi",
+    "partition",
+    "update",
+    "fallback",
+];
 
 /// Runs the named scenarios (all when empty), one after the other; fails at the first failure.
 pub fn run(artifacts: &ImageArtifacts, scenarios: &[String]) -> anyhow::Result<()> {
@@ -40,6 +49,7 @@ pub fn run(artifacts: &ImageArtifacts, scenarios: &[String]) -> anyhow::Result<(
             "reproducible" => reproducible(artifacts),
             "tunnel" => tunnel(artifacts),
             "uefi" => uefi(artifacts),
+            "partition" => partition(artifacts),
             "update" => update(artifacts),
             "fallback" => fallback(artifacts),
             other => bail!("unknown scenario {other}; known: {}", SCENARIOS.join(", ")),
@@ -175,9 +185,10 @@ pub fn tunnel(artifacts: &ImageArtifacts) -> anyhow::Result<()> {
             show(name, &vm.wait_for(marker, timeout)?);
         }
     }
-    show("site-a", &a.wait_for("TUNNEL-UP to-site-b", timeout)?);
+    for found in a.wait_for_all(&["TUNNEL-UP to-site-b", "PING-OK"], timeout)? {
+        show("site-a", &found);
+    }
     show("site-b", &b.wait_for("TUNNEL-UP to-site-a", timeout)?);
-    show("site-a", &a.wait_for("PING-OK", timeout)?);
     a.stop()?;
     b.stop()?;
     Ok(())
@@ -218,6 +229,53 @@ pub fn uefi(artifacts: &ImageArtifacts) -> anyhow::Result<()> {
     if !log.contains("slot=a") {
         bail!("UEFI boot did not report slot a:\n{log}");
     }
+    Ok(())
+}
+
+/// The hardware path: config from the APPCONFIG partition (certificates next to site.toml).
+pub fn partition(artifacts: &ImageArtifacts) -> anyhow::Result<()> {
+    let parent = artifacts.dir.parent().context("output dir has no parent")?;
+    let dir = tempfile::tempdir_in(parent)?;
+    let config = dir.path().join("site.toml");
+    let toml = std::fs::read_to_string(test_dir().join("site-a.toml"))?;
+    std::fs::write(&config, toml.replace("\"pki/", "\""))?;
+    let pki = workspace_root().join("vpn-daemon/examples/pki");
+    let built = super::build(&super::ImageOptions {
+        config: Some(config),
+        network: Some(test_dir().join("network-a")),
+        extra_files: ["ca.crt", "tc.key", "site-a.crt", "site-a.key"]
+            .iter()
+            .map(|file| pki.join(file))
+            .collect(),
+        out_dir: Some(dir.path().join("out")),
+    })?;
+    let [wire, _] = cable(
+        dir.path(),
+        "wan",
+        ["52:54:00:00:0a:01", "52:54:00:00:0b:01"],
+    );
+    let mut vm = Vm::start(
+        &built,
+        &BootMode::Uefi {
+            disk: disk_copy(&built, dir.path())?,
+        },
+        &VmOptions {
+            name: "partition".into(),
+            fw_cfg: Vec::new(),
+            qemu_args: wire,
+            memory_mib: 256,
+        },
+    )?;
+    let timeout = Duration::from_secs(180);
+    for marker in [
+        "APPLIANCE-BOOT version=",
+        "APPLIANCE-CONFIG source=partition",
+        "APPLIANCE-NET wan0 192.0.2.1/24",
+        "APPLIANCE-READY",
+    ] {
+        show("partition", &vm.wait_for(marker, timeout)?);
+    }
+    vm.stop()?;
     Ok(())
 }
 
