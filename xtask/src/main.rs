@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | fuzz | demo | bench`. Every task runs `setup` first, so a fresh
+//! Project tasks: `cargo xtask setup | test | fuzz | demo | vm-test | bench`. Every task runs `setup` first, so a fresh
 //! machine needs nothing but cargo.
 
 mod bench;
@@ -6,6 +6,7 @@ mod demo;
 mod fuzz;
 mod setup;
 mod test;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -45,6 +46,15 @@ enum Task {
         #[arg(long)]
         hold: bool,
     },
+    /// Boots VM topologies under qemu (TCG) and runs the end-to-end scenarios: `list` names them;
+    /// none given runs all. Logs, consoles and pcaps in <target>/vm-test/<scenario>/.
+    VmTest {
+        /// Only the short subset CI runs.
+        #[arg(long)]
+        smoke: bool,
+        /// Scenarios to run (default: all).
+        scenarios: Vec<String>,
+    },
     /// Throughput, CPU and added latency: bare veth, stock OpenVPN 2.6 and our daemon (p2p,
     /// UDP, AES-256-GCM) in network namespaces; results in <target>/bench/results.json.
     Bench {
@@ -65,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::run(),
         Task::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Task::Demo { hold } => demo::run(hold),
+        Task::VmTest { smoke, scenarios } => vm::run(&scenarios, smoke),
         Task::Bench { runs, duration } => bench::run(&bench::BenchOptions { runs, duration }),
     }
 }

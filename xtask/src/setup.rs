@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "keepalived",
     "qemu-system-x86",
+    // UEFI firmware for booting the appliance disk image in `cargo xtask vm-test`.
+    "ovmf",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

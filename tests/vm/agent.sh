@@ -1,0 +1,15 @@
+# The harness's command channel, installed in every vm-test guest as the appliance init's `run`
+# hook (fw_cfg opt/appliance/run). It serves ttyS1, which qemu connects to a unix socket of the
+# harness: each line received is one shell command; its output goes back on ttyS1, followed by
+# "AGENT-END status=<exit status>". Commands run with stdin from /dev/null so they cannot eat the
+# next command. Runs in the background so init carries on.
+stty -F /dev/ttyS1 raw -echo 115200 || echo "AGENT-ERROR stty"
+(
+    while IFS= read -r line; do
+        eval "$line" </dev/null >/tmp/agent.out 2>&1
+        status=$?
+        cat /tmp/agent.out
+        echo "AGENT-END status=$status"
+    done </dev/ttyS1 >/dev/ttyS1
+) &
+echo AGENT-READY
