@@ -40,9 +40,10 @@ enum Task {
         /// Targets to run (default: all of vpn-daemon/fuzz).
         targets: Vec<String>,
     },
-    /// Run the daemon with an embedded config in network namespaces and show it working.
+    /// Build the appliance image, boot two sites and their hosts in qemu, show the tunnel up,
+    /// traffic crossing it and `vpn-daemon status` from both appliances, then shut down.
     Demo {
-        /// Keep the demo running until Ctrl-C instead of shutting down after showing it.
+        /// Keep the VMs running until Ctrl-C instead of shutting down after showing it.
         #[arg(long)]
         hold: bool,
     },
@@ -68,13 +69,14 @@ enum Task {
 }
 
 fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
     let cli = Cli::parse();
     setup::run()?;
     match cli.task {
         Task::Setup => Ok(()),
         Task::Test => test::run(),
         Task::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
-        Task::Demo { hold } => demo::run(hold),
+        Task::Demo { hold } => demo::run(hold, started),
         Task::VmTest { smoke, scenarios } => vm::run(&scenarios, smoke),
         Task::Bench { runs, duration } => bench::run(&bench::BenchOptions { runs, duration }),
     }

@@ -68,7 +68,6 @@ pub fn install() {
 }
 
 /// Blocks until Ctrl-C or SIGTERM (for `--hold`); the caller then shuts down normally.
-#[allow(dead_code)] // used by the VM demo, next commit
 pub fn hold_until_interrupted() {
     HOLDING.store(true, Ordering::SeqCst);
     while !INTERRUPTED.load(Ordering::SeqCst) {

@@ -26,8 +26,8 @@ pub struct BootFiles {
     pub cmdline: String,
     /// The flashable disk image (copied per lab: boot counting writes to it).
     pub disk: Option<PathBuf>,
-    /// A good UKI for the update path, and one whose init fails.
-    pub uki: Option<PathBuf>,
+    /// A good update (a UKI that differs from the one in the slots), and one whose init fails.
+    pub uki_next: Option<PathBuf>,
     pub uki_bad: Option<PathBuf>,
     /// UEFI firmware for `kind = "disk"` VMs.
     pub firmware: PathBuf,
@@ -40,9 +40,6 @@ pub struct LabOptions {
     pub pcap: bool,
     /// More fw_cfg entries: (vm, entry name under opt/appliance/, file).
     pub extra_fw_cfg: Vec<(String, String, PathBuf)>,
-    /// Boot `kind = "disk"` VMs from this file as it is, instead of a fresh copy of the image
-    /// (a scenario that boots the same disk twice).
-    pub disk: Option<PathBuf>,
 }
 
 /// The fw_cfg prefix the appliance init copies into /config (see briefs/image-contract.md).
@@ -140,20 +137,14 @@ impl Lab {
                     }
                 }
                 VmKind::Disk => {
-                    let disk = match &options.disk {
-                        Some(disk) => disk.clone(),
-                        None => {
-                            let image = boot
-                                .disk
-                                .as_ref()
-                                .context("this topology boots the disk image; none was built")?;
-                            let copy = lab.socket_dir.path().join(format!("{}.img", vm.name));
-                            std::fs::copy(image, &copy).with_context(|| {
-                                format!("copying {} to {}", image.display(), copy.display())
-                            })?;
-                            copy
-                        }
-                    };
+                    let image = boot
+                        .disk
+                        .as_ref()
+                        .context("this topology boots the disk image; none was built")?;
+                    let disk = lab.socket_dir.path().join(format!("{}.img", vm.name));
+                    std::fs::copy(image, &disk).with_context(|| {
+                        format!("copying {} to {}", image.display(), disk.display())
+                    })?;
                     Boot::Uefi {
                         firmware: boot.firmware.clone(),
                         disk,

@@ -61,7 +61,7 @@ pub fn boot_files(needs_disk: bool) -> anyhow::Result<BootFiles> {
             cmdline: std::env::var("VPN_VM_CMDLINE")
                 .unwrap_or_else(|_| "console=ttyS0,115200 panic=5".to_owned()),
             disk: None,
-            uki: None,
+            uki_next: None,
             uki_bad: None,
             firmware: OVMF.into(),
         });
