@@ -1,3 +1,4 @@
+#!/bin/sh
 # The harness's command channel, installed in every vm-test guest as the appliance init's `run`
 # hook (fw_cfg opt/appliance/run). It serves ttyS1, which qemu connects to a unix socket of the
 # harness: each line received is one shell command; its output goes back on ttyS1, followed by
