@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | test | fuzz | demo | vm-test | bench`. Every task runs `setup` first, so a fresh
-//! machine needs nothing but cargo.
+//! Project tasks: `cargo xtask setup | test | fuzz | demo | vm-test | build-image | bench`. Every
+//! task runs `setup` first, so a fresh machine needs nothing but cargo.
 
 mod bench;
 mod demo;
 mod fuzz;
+mod image;
 mod setup;
 mod test;
 mod vm;
@@ -56,6 +57,25 @@ enum Task {
         /// Scenarios to run (default: all).
         scenarios: Vec<String>,
     },
+    /// The appliance disk image (GPT: ESP with systemd-boot and A/B slots, APPCONFIG) and the
+    /// direct-boot artifacts, in <target>/image/; prints path, size and sha256.
+    BuildImage {
+        /// Site TOML for the APPCONFIG partition (stored as site.toml).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Network file for the APPCONFIG partition (stored as network; see image/README.md).
+        #[arg(long)]
+        network: Option<std::path::PathBuf>,
+        /// More files for the APPCONFIG partition (certificates, keys).
+        #[arg(long = "file")]
+        files: Vec<std::path::PathBuf>,
+        /// Output directory (default <target>/image).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Builds the image, then boots it under qemu (TCG) and checks the console markers.
+    /// Scenarios: tunnel, uefi, update, fallback (default: all).
+    ImageTest { scenarios: Vec<String> },
     /// Throughput, CPU and added latency: bare veth, stock OpenVPN 2.6 and our daemon (p2p,
     /// UDP, AES-256-GCM) in network namespaces; results in <target>/bench/results.json.
     Bench {
@@ -78,6 +98,21 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Task::Demo { hold } => demo::run(hold, started),
         Task::VmTest { smoke, scenarios } => vm::run(&scenarios, smoke),
+        Task::BuildImage {
+            config,
+            network,
+            files,
+            out,
+        } => image::run(&image::ImageOptions {
+            config,
+            network,
+            extra_files: files,
+            out_dir: out,
+        }),
+        Task::ImageTest { scenarios } => {
+            let artifacts = image::build(&image::ImageOptions::default())?;
+            image::check::run(&artifacts, &scenarios)
+        }
         Task::Bench { runs, duration } => bench::run(&bench::BenchOptions { runs, duration }),
     }
 }

@@ -24,8 +24,15 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "keepalived",
     "qemu-system-x86",
-    // UEFI firmware for booting the appliance disk image in `cargo xtask vm-test`.
+    // The appliance image (cargo xtask build-image / image-test): objcopy for UKIs, compressors,
+    // UEFI firmware, and checkers for the FAT, GPT and cpio the build writes.
+    "binutils",
+    "zstd",
+    "xz-utils",
     "ovmf",
+    "dosfstools",
+    "fdisk",
+    "cpio",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

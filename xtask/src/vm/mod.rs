@@ -11,7 +11,7 @@ pub mod wire;
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::Context as _;
 
 use lab::BootFiles;
 
@@ -42,29 +42,29 @@ pub fn run(names: &[String], smoke: bool) -> anyhow::Result<()> {
     scenario::run_all(names, smoke, boot_files, &log_root())
 }
 
-/// The kernel, initramfs (and disk image with its UKIs when `needs_disk`) the VMs boot.
-/// `VPN_VM_KERNEL` + `VPN_VM_INITRAMFS` (+ `VPN_VM_CMDLINE`) boot other files directly, for
-/// working on the harness itself.
-pub fn boot_files(needs_disk: bool) -> anyhow::Result<BootFiles> {
-    if let (Some(kernel), Some(initramfs)) = (
-        std::env::var_os("VPN_VM_KERNEL"),
-        std::env::var_os("VPN_VM_INITRAMFS"),
-    ) {
-        if needs_disk {
-            bail!(
-                "VPN_VM_KERNEL/VPN_VM_INITRAMFS give no disk image; choose direct-boot scenarios"
-            );
+/// The kernel, initramfs, disk image and update UKIs the VMs boot: `cargo xtask build-image`'s
+/// output, or with `VPN_VM_IMAGE_DIR` set, the files an earlier build left in that directory
+/// (for working on the harness without rebuilding).
+pub fn boot_files() -> anyhow::Result<BootFiles> {
+    let (dir, cmdline) = match std::env::var_os("VPN_VM_IMAGE_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            let cmdline = std::fs::read_to_string(dir.join("cmdline"))
+                .with_context(|| format!("VPN_VM_IMAGE_DIR={}: no cmdline", dir.display()))?;
+            (dir, cmdline.trim().to_owned())
         }
-        return Ok(BootFiles {
-            kernel: kernel.into(),
-            initramfs: initramfs.into(),
-            cmdline: std::env::var("VPN_VM_CMDLINE")
-                .unwrap_or_else(|_| "console=ttyS0,115200 panic=5".to_owned()),
-            disk: None,
-            uki_next: None,
-            uki_bad: None,
-            firmware: OVMF.into(),
-        });
-    }
-    bail!("the appliance image builder is not merged yet (set VPN_VM_KERNEL and VPN_VM_INITRAMFS)")
+        None => {
+            let artifacts = crate::image::build(&crate::image::ImageOptions::default())?;
+            (artifacts.dir, artifacts.cmdline)
+        }
+    };
+    Ok(BootFiles {
+        kernel: dir.join("vmlinux"),
+        initramfs: dir.join("initramfs.cpio.zst"),
+        cmdline,
+        disk: Some(dir.join("disk.img")),
+        uki_next: Some(dir.join("appliance-next.efi")),
+        uki_bad: Some(dir.join("appliance-bad.efi")),
+        firmware: OVMF.into(),
+    })
 }

@@ -34,8 +34,6 @@ pub struct Scenario {
     pub about: &'static str,
     /// Part of the short CI subset.
     pub smoke: bool,
-    /// Needs the disk image (and UKIs), not only kernel + initramfs.
-    pub needs_disk: bool,
     pub run: fn(&Context) -> anyhow::Result<()>,
 }
 
@@ -44,42 +42,36 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "wire",
         about: "two hosts on one hub: ping, the pcap shows it, a partition stops it, heal restores",
         smoke: true,
-        needs_disk: false,
         run: wire,
     },
     Scenario {
         name: "two-site",
         about: "two sites, one tunnel: host-a pings host-b and fetches a file over TCP across it",
         smoke: true,
-        needs_disk: false,
         run: two_site,
     },
     Scenario {
         name: "reboot",
         about: "two-site, then site-b is reset: the tunnel comes back and traffic crosses again",
         smoke: false,
-        needs_disk: false,
         run: reboot,
     },
     Scenario {
         name: "wan-faults",
         about: "two-site with a lossy, slow WAN (traffic still crosses), then a cut WAN and a heal",
         smoke: false,
-        needs_disk: false,
         run: wan_faults,
     },
     Scenario {
         name: "uefi-disk",
         about: "the flashable disk image boots through OVMF + systemd-boot from slot A",
         smoke: false,
-        needs_disk: true,
         run: uefi_disk,
     },
     Scenario {
         name: "update",
         about: "update into slot B: trial boot blessed; a bad image in slot B falls back to A by itself",
         smoke: false,
-        needs_disk: true,
         run: update,
     },
 ];
@@ -354,7 +346,7 @@ fn update(context: &Context) -> anyhow::Result<()> {
 pub fn run_all(
     names: &[String],
     smoke: bool,
-    boot: impl FnOnce(bool) -> anyhow::Result<BootFiles>,
+    boot: impl FnOnce() -> anyhow::Result<BootFiles>,
     log_root: &std::path::Path,
 ) -> anyhow::Result<()> {
     for name in names {
@@ -373,8 +365,7 @@ pub fn run_all(
             }
         })
         .collect();
-    let needs_disk = chosen.iter().any(|scenario| scenario.needs_disk);
-    let boot = boot(needs_disk)?;
+    let boot = boot()?;
     let mut results = Vec::new();
     for scenario in &chosen {
         println!("==> vm scenario {}: {}", scenario.name, scenario.about);
