@@ -26,7 +26,7 @@ const APPLIANCES: [&str; 2] = ["site-a", "site-b"];
 /// Runs the demo; `started` is when the command started (for the time-to-traffic figure).
 pub fn run(hold: bool, started: Instant) -> anyhow::Result<()> {
     cleanup::install();
-    let boot = step("build the appliance image", || vm::boot_files())?;
+    let boot = step("build the appliance image", vm::boot_files)?;
     let log_dir = vm::log_root().join("demo");
     let _ = std::fs::remove_dir_all(&log_dir);
     let topology = Topology::load("two-site")?;

@@ -56,7 +56,7 @@ pub fn run() -> anyhow::Result<()> {
         println!("note: VPN_VM_SMOKE=0, VM smoke tier skipped");
     } else {
         step(
-            "tier 6: VM smoke (appliance image under qemu TCG: the wire, two sites and a tunnel)",
+            "tier 6: VM smoke (appliance image under qemu TCG: two sites, a tunnel, traffic across)",
             || crate::vm::run(&[], true),
         )?;
     }

@@ -38,8 +38,14 @@ pub struct BootFiles {
 pub struct LabOptions {
     /// Write `<segment>.pcap` for every segment.
     pub pcap: bool,
-    /// More fw_cfg entries: (vm, entry name under opt/appliance/, file).
+    /// More fw_cfg entries: (vm, entry name under opt/appliance/, file). Keep them small: the
+    /// guest reads fw_cfg files a page at a time, re-reading from the start for each page.
     pub extra_fw_cfg: Vec<(String, String, PathBuf)>,
+    /// Give `kind = "disk"` VMs the command channel too (through fw_cfg, which then replaces
+    /// the APPCONFIG partition as the config source).
+    pub disk_agent: bool,
+    /// More read-only raw disks: (vm, file), e.g. an update image to install.
+    pub extra_drives: Vec<(String, PathBuf)>,
 }
 
 /// The fw_cfg prefix the appliance init copies into /config (see briefs/image-contract.md).
@@ -79,8 +85,10 @@ impl Lab {
             topology: topology.clone(),
         };
         println!(
-            "    topology {}: {}{}",
-            topology.name, topology.description, topology.drawing
+            "    topology {}: {}\n{}",
+            topology.name,
+            topology.description,
+            topology.drawing.trim_end()
         );
         let segments = topology.segments();
         for (seed, (segment, ports)) in (1u64..).zip(&segments) {
@@ -145,6 +153,9 @@ impl Lab {
                     std::fs::copy(image, &disk).with_context(|| {
                         format!("copying {} to {}", image.display(), disk.display())
                     })?;
+                    if options.disk_agent {
+                        fw_cfg.push((format!("{FW_CFG_PREFIX}/run"), agent.clone()));
+                    }
                     Boot::Uefi {
                         firmware: boot.firmware.clone(),
                         disk,
@@ -162,6 +173,12 @@ impl Lab {
                 memory_mib: vm.memory_mib,
                 nics,
                 fw_cfg,
+                extra_drives: options
+                    .extra_drives
+                    .iter()
+                    .filter(|(target, _)| *target == vm.name)
+                    .map(|(_, file)| file.clone())
+                    .collect(),
                 console_log: log_dir.join(format!("{}.console.log", vm.name)),
                 socket_dir: lab.socket_dir.path().to_owned(),
             };

@@ -39,6 +39,8 @@ pub struct QemuSpec {
     pub nics: Vec<(String, String)>,
     /// fw_cfg entries: (name, file).
     pub fw_cfg: Vec<(String, PathBuf)>,
+    /// More raw virtio disks, read-only (after the boot disk).
+    pub extra_drives: Vec<PathBuf>,
     /// Where the console log goes.
     pub console_log: PathBuf,
     /// Directory for the guest's unix sockets (short path: sockaddr_un holds 108 bytes).
@@ -58,6 +60,7 @@ pub struct Vm {
     agent_path: PathBuf,
     agent: Option<UnixStream>,
     monitor_path: PathBuf,
+    fatal_markers: &'static [&'static str],
 }
 
 impl Vm {
@@ -115,6 +118,12 @@ impl Vm {
                 .arg("-device")
                 .arg(format!("virtio-net-pci,netdev=n{index},mac={mac}"));
         }
+        for drive in &spec.extra_drives {
+            command.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,readonly=on",
+                drive.display()
+            ));
+        }
         for (name, file) in &spec.fw_cfg {
             command
                 .arg("-fw_cfg")
@@ -150,6 +159,7 @@ impl Vm {
             agent_path,
             agent: None,
             monitor_path,
+            fatal_markers: FATAL_MARKERS,
         })
     }
 
@@ -167,7 +177,8 @@ impl Vm {
                 if line.starts_with(marker) {
                     return Ok(line);
                 }
-                if let Some(fatal) = FATAL_MARKERS
+                if let Some(fatal) = self
+                    .fatal_markers
                     .iter()
                     .find(|fatal| line.contains(*fatal) && !marker.starts_with(*fatal))
                 {
@@ -192,6 +203,12 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Sets the lines that end a wait early (default: panics, `APPLIANCE-ERROR`, `BAD-IMAGE`);
+    /// a scenario that boots a broken image on purpose clears them.
+    pub fn set_fatal_markers(&mut self, markers: &'static [&'static str]) {
+        self.fatal_markers = markers;
     }
 
     /// Runs a shell command in the guest over the command channel; returns its exit status and
