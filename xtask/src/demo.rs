@@ -44,7 +44,7 @@ pub fn run(hold: bool, started: Instant) -> anyhow::Result<()> {
         for name in APPLIANCES {
             let vm = lab.vm(name)?;
             for marker in ["APPLIANCE-BOOT", "APPLIANCE-READY", "TUNNEL-UP"] {
-                let line = vm.wait_for(
+                let line = vm.wait_seen(
                     marker,
                     if marker == "TUNNEL-UP" {
                         TUNNEL_TIMEOUT

@@ -198,13 +198,13 @@ impl Lab {
             .with_context(|| format!("topology {topology} has no VM {name:?}"))
     }
 
-    /// Waits until every VM printed `marker` (they boot in parallel, so the sum of the waits is
+    /// Waits until every VM printed `marker`, now or earlier (they boot in parallel, so the sum of the waits is
     /// the slowest boot).
     pub fn wait_all(&mut self, marker: &str, timeout: Duration) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + timeout;
         for vm in &mut self.vms {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            vm.wait_for(marker, left.max(Duration::from_secs(1)))?;
+            vm.wait_seen(marker, left.max(Duration::from_secs(1)))?;
         }
         Ok(())
     }

@@ -61,6 +61,8 @@ pub struct Vm {
     agent: Option<UnixStream>,
     monitor_path: PathBuf,
     fatal_markers: &'static [&'static str],
+    /// Console lines read so far (since start or the last reset).
+    history: Vec<String>,
 }
 
 impl Vm {
@@ -160,6 +162,7 @@ impl Vm {
             agent: None,
             monitor_path,
             fatal_markers: FATAL_MARKERS,
+            history: Vec::new(),
         })
     }
 
@@ -174,6 +177,7 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         loop {
             while let Some(line) = self.console.next_line()? {
+                self.history.push(line.clone());
                 if line.starts_with(marker) {
                     return Ok(line);
                 }
@@ -203,6 +207,15 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Like [`Vm::wait_for`], but a matching line already read (by an earlier wait, since the
+    /// start or the last reset) counts too: for markers whose order against others is not fixed.
+    pub fn wait_seen(&mut self, marker: &str, timeout: Duration) -> anyhow::Result<String> {
+        if let Some(line) = self.history.iter().find(|line| line.starts_with(marker)) {
+            return Ok(line.clone());
+        }
+        self.wait_for(marker, timeout)
     }
 
     /// Sets the lines that end a wait early (default: panics, `APPLIANCE-ERROR`, `BAD-IMAGE`);
@@ -268,6 +281,7 @@ impl Vm {
     pub fn reset(&mut self) -> anyhow::Result<()> {
         // The agent connection survives a guest reset, but a half-read reply would not.
         self.agent = None;
+        self.history.clear();
         let mut monitor = UnixStream::connect(&self.monitor_path)
             .with_context(|| format!("{}: connecting to the qemu monitor", self.name))?;
         monitor.write_all(b"system_reset\n")?;
