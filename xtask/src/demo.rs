@@ -1,128 +1,101 @@
-//! `cargo xtask demo`: the daemon with an embedded site config in a network namespace, real
-//! traffic from a peer namespace, its status before and after, then a clean shutdown.
+//! `cargo xtask demo`: the README's main command. Builds the appliance image, boots the two-site
+//! topology (`tests/vm/topologies/two-site.toml`, configs in `tests/vm/topologies/two-site/`)
+//! under qemu, shows both appliances coming up and their tunnel, traffic between the sites' hosts
+//! crossing it, and `vpn-daemon status` from both appliances; then shuts every VM down.
+//! `--hold` keeps the VMs running until Ctrl-C. No root needed for the VMs themselves.
 //!
 //! ```text
-//!   ns site (vpn-daemon, XDP on wan0)  ---- veth ----  ns peer (sends traffic)
-//!   wan0 10.77.0.1/24                                  peer0 10.77.0.2/24
+//!   host-a ---(lan-a)--- site-a ===(wan, tunnel)=== site-b ---(lan-b)--- host-b
+//!  10.1.0.10          10.1.0.1 | 10.77.0.1     10.77.0.2 | 10.2.0.1        10.2.0.10
 //! ```
-//! Once the appliance image lands this becomes two booted appliance sites with a tunnel between.
 
-use std::{net::UdpSocket, process::Command, time::Duration};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
-use vpn_tests::{daemon::Daemon, veth_pair, NetNs};
+use crate::{
+    step,
+    vm::{
+        self, cleanup,
+        lab::{Lab, LabOptions},
+        scenario::{traffic_crosses, BOOT_TIMEOUT, TUNNEL_TIMEOUT},
+        topology::Topology,
+    },
+};
 
-use crate::{is_root, step, workspace_root};
+const APPLIANCES: [&str; 2] = ["site-a", "site-b"];
 
-const SITE_CONFIG: &str = include_str!("../demo/site.toml");
-
-pub fn run(hold: bool) -> anyhow::Result<()> {
-    if !is_root() {
-        bail!("the demo creates network namespaces and loads eBPF: run it as root");
-    }
-    let daemon_binary = step("build vpn-daemon", vpn_tests::daemon::binary)?;
-    let site = NetNs::new("demo-site")?;
-    let peer = NetNs::new("demo-peer")?;
-    veth_pair(
-        (&site, "wan0", "10.77.0.1/24"),
-        (&peer, "peer0", "10.77.0.2/24"),
+/// Runs the demo; `started` is when the command started (for the time-to-traffic figure).
+pub fn run(hold: bool, started: Instant) -> anyhow::Result<()> {
+    cleanup::install();
+    let boot = step("build the appliance image", vm::boot_files)?;
+    let log_dir = vm::log_root().join("demo");
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let topology = Topology::load("two-site")?;
+    let options = LabOptions {
+        pcap: true,
+        ..LabOptions::default()
+    };
+    let mut lab = step(
+        "start the wire and boot 4 VMs (2 appliances, 2 hosts)",
+        || Lab::start(&topology, &boot, &log_dir, &options),
     )?;
 
-    let dir = tempfile::tempdir()?;
-    let node = format!("demo{}", std::process::id());
-    let socket = dir.path().join("control.sock");
-    let config_path = dir.path().join("site.toml");
-    let pki = workspace_root().join("vpn-daemon/examples/pki");
-    std::fs::write(
-        &config_path,
-        SITE_CONFIG
-            .replace("{node}", &node)
-            .replace("{socket}", &socket.display().to_string())
-            .replace("{pki}", &pki.display().to_string()),
-    )?;
-
-    let log = dir.path().join("daemon.log");
-    let mut daemon = Daemon::start(&site, &config_path, &socket, &log)?;
-    step("start vpn-daemon in namespace", || {
-        daemon.wait_ready(Duration::from_secs(30))
-    })
-    .with_context(|| format!("daemon log:\n{}", daemon.log()))?;
-    show_status(&daemon_binary, &socket, "status after start")?;
-
-    step("send traffic from the peer namespace", || {
-        peer.run(|| {
-            let socket = UdpSocket::bind("10.77.0.2:0")?;
-            for sequence in 0u32..100 {
-                socket.send_to(&sequence.to_be_bytes(), "10.77.0.1:1194")?;
-                socket.send_to(&sequence.to_be_bytes(), "10.77.0.1:5353")?;
+    let mut tunnel_up_after = Vec::new();
+    step("appliances boot and bring their tunnel up", || {
+        for name in APPLIANCES {
+            let vm = lab.vm(name)?;
+            for marker in ["APPLIANCE-BOOT", "APPLIANCE-READY", "TUNNEL-UP"] {
+                let line = vm.wait_seen(
+                    marker,
+                    if marker == "TUNNEL-UP" {
+                        TUNNEL_TIMEOUT
+                    } else {
+                        BOOT_TIMEOUT
+                    },
+                )?;
+                println!(
+                    "    {name} +{:5.1} s  {line}",
+                    vm.started().elapsed().as_secs_f64()
+                );
             }
-            Ok(())
-        })
+            tunnel_up_after.push((name, vm.started().elapsed()));
+        }
+        Ok(())
     })?;
-    std::thread::sleep(Duration::from_millis(200));
-    show_status(
-        &daemon_binary,
-        &socket,
-        "status after 100 datagrams to the tunnel port and 100 to another",
-    )?;
-    println!("--- bpftool map dump pinned /sys/fs/bpf/{node}/TUNNEL_PORTS");
-    let _ = Command::new("bpftool")
-        .args([
-            "map",
-            "dump",
-            "pinned",
-            &format!("/sys/fs/bpf/{node}/TUNNEL_PORTS"),
-        ])
-        .status();
+    step("hosts boot", || lab.wait_all("AGENT-READY", BOOT_TIMEOUT))?;
+    step("traffic from host-a to host-b across the tunnel", || {
+        traffic_crosses(&mut lab)
+    })?;
+    let traffic_after = started.elapsed();
+
+    for name in APPLIANCES {
+        let status = lab
+            .vm(name)?
+            .run_ok("vpn-daemon status", Duration::from_secs(30))?;
+        println!("--- vpn-daemon status on {name}\n{}", status.trim_end());
+    }
+    println!("--- times");
+    for (name, after) in &tunnel_up_after {
+        println!(
+            "    {name}: qemu start -> tunnel up {:.1} s",
+            after.as_secs_f64()
+        );
+    }
+    println!(
+        "    command start -> traffic crossed the tunnel: {:.1} s",
+        traffic_after.as_secs_f64()
+    );
 
     if hold {
         println!(
-            "holding: daemon pid {:?}, socket {}; Ctrl-C to stop",
-            daemon.pid(),
-            socket.display()
+            "holding: consoles in {dir}/*.console.log, pcaps in {dir}/*.pcap; Ctrl-C to stop",
+            dir = log_dir.display()
         );
-        wait_for_interrupt();
+        cleanup::hold_until_interrupted();
     }
-    let exit = step("stop vpn-daemon (SIGTERM)", || {
-        daemon.stop(Duration::from_secs(10))
+    step("shut down: kill the VMs, stop the wire", || {
+        drop(lab);
+        Ok(())
     })?;
-    if !exit.success() {
-        bail!("vpn-daemon exited with {exit}; log:\n{}", daemon.log());
-    }
-    let leftover_xdp = site.ip(&["link", "show", "wan0"])?.contains("xdp");
-    let leftover_pins = std::path::Path::new("/sys/fs/bpf").join(&node).exists();
-    if leftover_xdp || leftover_pins {
-        bail!("shutdown left state behind (xdp attached: {leftover_xdp}, pins: {leftover_pins})");
-    }
-    println!("demo done: daemon stopped cleanly, XDP detached, pins and socket removed");
+    println!("demo done: logs and pcaps in {}", log_dir.display());
     Ok(())
-}
-
-fn show_status(
-    binary: &std::path::Path,
-    socket: &std::path::Path,
-    title: &str,
-) -> anyhow::Result<()> {
-    println!("--- vpn-daemon status ({title})");
-    crate::run_command(
-        Command::new(binary)
-            .arg("status")
-            .arg("--socket")
-            .arg(socket),
-    )
-}
-
-/// Blocks until SIGINT or SIGTERM reaches this process.
-fn wait_for_interrupt() {
-    // SAFETY: a zeroed sigset_t is then initialised by sigemptyset; sigwait blocks this thread
-    // only; the signals were blocked first so they are queued rather than killing the process.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let mut signal = 0;
-        libc::sigwait(&set, &mut signal);
-    }
 }

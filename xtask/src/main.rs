@@ -1,5 +1,5 @@
-//! Project tasks: `cargo xtask setup | test | fuzz | demo | bench`. Every task runs `setup` first, so a fresh
-//! machine needs nothing but cargo.
+//! Project tasks: `cargo xtask setup | test | fuzz | demo | vm-test | build-image | bench`. Every
+//! task runs `setup` first, so a fresh machine needs nothing but cargo.
 
 mod bench;
 mod demo;
@@ -7,6 +7,7 @@ mod fuzz;
 mod image;
 mod setup;
 mod test;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -40,11 +41,21 @@ enum Task {
         /// Targets to run (default: all of vpn-daemon/fuzz).
         targets: Vec<String>,
     },
-    /// Run the daemon with an embedded config in network namespaces and show it working.
+    /// Build the appliance image, boot two sites and their hosts in qemu, show the tunnel up,
+    /// traffic crossing it and `vpn-daemon status` from both appliances, then shut down.
     Demo {
-        /// Keep the demo running until Ctrl-C instead of shutting down after showing it.
+        /// Keep the VMs running until Ctrl-C instead of shutting down after showing it.
         #[arg(long)]
         hold: bool,
+    },
+    /// Boots VM topologies under qemu (TCG) and runs the end-to-end scenarios: `list` names them;
+    /// none given runs all. Logs, consoles and pcaps in <target>/vm-test/<scenario>/.
+    VmTest {
+        /// Only the short subset CI runs.
+        #[arg(long)]
+        smoke: bool,
+        /// Scenarios to run (default: all).
+        scenarios: Vec<String>,
     },
     /// The appliance disk image (GPT: ESP with systemd-boot and A/B slots, APPCONFIG) and the
     /// direct-boot artifacts, in <target>/image/; prints path, size and sha256.
@@ -78,13 +89,15 @@ enum Task {
 }
 
 fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
     let cli = Cli::parse();
     setup::run()?;
     match cli.task {
         Task::Setup => Ok(()),
         Task::Test => test::run(),
         Task::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
-        Task::Demo { hold } => demo::run(hold),
+        Task::Demo { hold } => demo::run(hold, started),
+        Task::VmTest { smoke, scenarios } => vm::run(&scenarios, smoke),
         Task::BuildImage {
             config,
             network,

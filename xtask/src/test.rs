@@ -52,6 +52,14 @@ pub fn run() -> anyhow::Result<()> {
         // runs starved each other's daemons of CPU for whole seconds (flaky stall checks).
         run_command(cargo().args(["test", "--package", "vpn-tests", "--", "--test-threads=1"]))
     })?;
+    if std::env::var("VPN_VM_SMOKE").is_ok_and(|value| value == "0") {
+        println!("note: VPN_VM_SMOKE=0, VM smoke tier skipped");
+    } else {
+        step(
+            "tier 6: VM smoke (appliance image under qemu TCG: two sites, a tunnel, traffic across)",
+            || crate::vm::run(&[], true),
+        )?;
+    }
     let seconds = fuzz_seconds()?;
     if seconds == 0 {
         println!("note: VPN_FUZZ_SECONDS=0, fuzzing skipped");
