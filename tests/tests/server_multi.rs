@@ -935,3 +935,71 @@ fn tcp_server_with_several_stock_clients() {
     .unwrap_or_else(|error| panic!("{error:#}\n{}", context()));
     assert_pings(&lab.clients[1], last, &context);
 }
+
+/// `vpn-daemon events` prints one JSON line when a stock client connects (its common name,
+/// the address our status lists, its real address) and one when it leaves (with a reason).
+#[test]
+fn events_stream_reports_client_connect_and_disconnect() {
+    if !require_root("events_stream_reports_client_connect_and_disconnect") {
+        return;
+    }
+    use std::io::BufRead as _;
+    let pki = Pki::shared().expect("PKI");
+    pki.client_identity("ev-a").expect("client cert");
+    let lab = Lab::new(1);
+    let daemon = start_server_with(&lab, "10.80.0.0/24", "");
+    let context = || format!("ours:\n{}", daemon.log());
+    let socket = lab.dir.path().join("ctl.sock");
+    let mut events = std::process::Command::new(vpn_tests::daemon::binary().expect("binary"))
+        .arg("events")
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("vpn-daemon events");
+    let stdout = events.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The subscription is made when the daemon reads the request; a stock client needs far
+    // longer than this to finish its handshake, but do not race it.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut client = start_client(&lab.clients[0], 0, "ev-a");
+    let next_event = |what: &str| -> serde_json::Value {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|error| panic!("no {what} event: {error}\n{}", context()));
+        serde_json::from_str(&line).unwrap_or_else(|error| panic!("{error}: {line:?}"))
+    };
+    let up = next_event("client-connected");
+    let in_status = address_in_status(&daemon, "ev-a").expect("ev-a in status");
+    assert_eq!(up["event"], "client-connected", "{up}");
+    assert_eq!(up["tunnel"], "mc", "{up}");
+    assert_eq!(up["common_name"], "ev-a", "{up}");
+    assert_eq!(up["virtual_address"], in_status.to_string(), "{up}");
+    assert_eq!(up["iroutes"], serde_json::json!([]), "{up}");
+    let real = up["real_address"].as_str().expect("real address");
+    assert!(real.starts_with("172.31.0.2:"), "{up}");
+    assert!(up.get("reason").is_none(), "{up}");
+
+    client.stop(Duration::from_secs(5));
+    let down = next_event("client-disconnected");
+    assert_eq!(down["event"], "client-disconnected", "{down}");
+    assert_eq!(down["common_name"], "ev-a", "{down}");
+    assert_eq!(down["virtual_address"], up["virtual_address"], "{down}");
+    assert_eq!(down["real_address"], up["real_address"], "{down}");
+    assert!(
+        down["reason"]
+            .as_str()
+            .is_some_and(|reason| !reason.is_empty()),
+        "{down}"
+    );
+    let _ = events.kill();
+    let _ = events.wait();
+}

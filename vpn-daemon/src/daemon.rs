@@ -14,13 +14,16 @@ use std::{
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::mpsc,
+    sync::{broadcast, mpsc},
 };
 
 use crate::{
     config::{Config, Role, Tunnel},
     io::{
-        control::{ControlRequest, ControlSocket, Request, Response},
+        control::{
+            ClientEventRecord, ControlRequest, ControlSocket, Request, Response,
+            DAEMON_EVENT_CAPACITY,
+        },
         ebpf::WanFilter,
         ebpf_plan::{self, FastPathPlan, LinkState},
         netlink::Netlink,
@@ -52,9 +55,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     )
     .with_context(|| format!("setting up the WAN filter on {}", config.interfaces.wan))?;
     let netlink = Arc::new(Netlink::new().await.context("opening rtnetlink")?);
+    let (events, _) = broadcast::channel(DAEMON_EVENT_CAPACITY);
     let mut tunnels = Vec::new();
     for tunnel in &config.tunnels {
-        match Runtime::start(&config, tunnel, netlink.clone()).await {
+        match Runtime::start(&config, tunnel, netlink.clone(), &events).await {
             Ok(runtime) => tunnels.push(runtime),
             Err(error) => {
                 // Undo what already started before refusing to run.
@@ -68,7 +72,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
 
     let (requests_tx, mut requests) = mpsc::channel::<ControlRequest>(16);
-    let control_task = control.serve(requests_tx);
+    let control_task = control.serve(requests_tx, events.clone());
     let mut state = Running {
         config_path: config_path.to_owned(),
         config,
@@ -76,6 +80,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         started: Instant::now(),
         tunnels,
         netlink,
+        events,
         fast_path: FastPathSync {
             cpus: aya::util::nr_cpus().map_or(1, |cpus| cpus as u32),
             applied: None,
@@ -115,6 +120,8 @@ struct Running {
     started: Instant,
     tunnels: Vec<Runtime>,
     netlink: Arc<Netlink>,
+    /// Client events of every server tunnel, for `vpn-daemon events`.
+    events: broadcast::Sender<ClientEventRecord>,
     fast_path: FastPathSync,
 }
 
@@ -136,15 +143,33 @@ enum Runtime {
 }
 
 impl Runtime {
+    /// Starts `tunnel`; a server's client events are forwarded to `events` (tagged with the
+    /// tunnel name) for as long as it runs.
     async fn start(
         config: &Config,
         tunnel: &Tunnel,
         netlink: Arc<Netlink>,
+        events: &broadcast::Sender<ClientEventRecord>,
     ) -> anyhow::Result<Self> {
         if tunnel.role == Role::Server {
-            Ok(Runtime::Server(
-                ServerRuntime::start(config, tunnel, netlink).await?,
-            ))
+            let server = ServerRuntime::start(config, tunnel, netlink).await?;
+            let mut server_events = server.subscribe();
+            let (events, name) = (events.clone(), tunnel.name.clone());
+            // Ends when the server stops (its event sender is dropped).
+            tokio::spawn(async move {
+                loop {
+                    match server_events.recv().await {
+                        Ok(event) => {
+                            let _ = events.send(ClientEventRecord::new(&name, event));
+                        }
+                        Err(broadcast::error::RecvError::Lagged(lost)) => {
+                            tracing::warn!(tunnel = %name, lost, "client events lost");
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+            Ok(Runtime::Server(server))
         } else {
             Ok(Runtime::Single(
                 TunnelRuntime::start(config, tunnel, netlink).await?,
@@ -177,6 +202,10 @@ impl Runtime {
 impl Running {
     fn answer(&self, request: Request) -> Response {
         match request {
+            // The control socket streams events itself; this never reaches the event loop.
+            Request::Events => Response::Error {
+                message: "events are streamed by the control socket".to_owned(),
+            },
             Request::Status => match self.status() {
                 Ok(status) => Response::Status(Box::new(status)),
                 Err(error) => Response::Error {
@@ -279,7 +308,7 @@ impl Running {
             if kept.iter().any(|runtime| runtime.name() == tunnel.name) {
                 continue;
             }
-            match Runtime::start(&new, tunnel, self.netlink.clone()).await {
+            match Runtime::start(&new, tunnel, self.netlink.clone(), &self.events).await {
                 Ok(runtime) => kept.push(runtime),
                 Err(error) => {
                     tracing::error!(tunnel = %tunnel.name, error = %format!("{error:#}"), "SIGHUP: cannot start tunnel")

@@ -75,6 +75,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print one JSON line per client-connected / client-disconnected event of the running
+    /// daemon's server tunnels, until interrupted.
+    Events {
+        /// Control socket to talk to (default: the only socket in /run/vpn-daemon).
+        #[arg(long, conflicts_with = "config")]
+        socket: Option<PathBuf>,
+        /// Take the control socket from this config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -124,6 +134,7 @@ fn main() -> ExitCode {
             config,
             json,
         } => report(status(socket, config, json)),
+        Command::Events { socket, config } => report(events(socket, config)),
     }
 }
 
@@ -151,12 +162,29 @@ fn run(config: &Path) -> anyhow::Result<()> {
         .block_on(vpn_daemon::daemon::run(config))
 }
 
-fn status(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
-    let socket = match (socket, config) {
+fn control_socket(socket: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match (socket, config) {
         (Some(socket), _) => socket,
         (None, Some(config)) => Config::load(&config)?.node.control_socket,
         (None, None) => only_socket_in(Path::new(DEFAULT_SOCKET_DIR))?,
-    };
+    })
+}
+
+fn events(socket: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let socket = control_socket(socket, config)?;
+    control::follow_events(&socket, |record| {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        serde_json::to_writer(&mut stdout, record)?;
+        // Flushed per line: a pipe reader sees each event as it happens.
+        writeln!(stdout)?;
+        stdout.flush()?;
+        Ok(())
+    })
+}
+
+fn status(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let socket = control_socket(socket, config)?;
     match control::request(&socket, &Request::Status)? {
         Response::Status(status) if json => {
             println!("{}", serde_json::to_string_pretty(&status)?);
@@ -167,6 +195,7 @@ fn status(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool) -> anyho
             Ok(())
         }
         Response::Error { message } => bail!("daemon answered: {message}"),
+        Response::Event(_) => bail!("daemon answered a status request with an event"),
     }
 }
 

@@ -17,9 +17,10 @@ use tokio::{
         AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader as AsyncBufReader,
     },
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot},
 };
 
+use crate::io::server::{ClientEvent, ClientInfo};
 use crate::status::Status;
 
 /// Longest request line accepted; anything longer is a protocol error, not a reason to buffer.
@@ -29,14 +30,54 @@ const MAX_REQUEST_BYTES: usize = 4096;
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
     Status,
+    /// Stream client events (one [`Response::Event`] line each) until the client hangs up.
+    Events,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum Response {
     Status(Box<Status>),
+    Event(ClientEventRecord),
     Error { message: String },
 }
+
+/// A client of a multi-client server tunnel connected or disconnected; what `vpn-daemon events`
+/// prints, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientEventRecord {
+    /// `client-connected` or `client-disconnected`.
+    pub event: String,
+    /// The server tunnel's name.
+    pub tunnel: String,
+    #[serde(flatten)]
+    pub client: ClientInfo,
+    /// Why the client left (disconnections only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl ClientEventRecord {
+    /// The record of one server event of tunnel `tunnel`.
+    pub fn new(tunnel: &str, event: ClientEvent) -> Self {
+        let (event, client, reason) = match event {
+            ClientEvent::ClientConnected(client) => ("client-connected", client, None),
+            ClientEvent::ClientDisconnected { client, reason } => {
+                ("client-disconnected", client, Some(reason))
+            }
+        };
+        ClientEventRecord {
+            event: event.to_owned(),
+            tunnel: tunnel.to_owned(),
+            client,
+            reason,
+        }
+    }
+}
+
+/// Capacity of the daemon-wide event stream; a slow `events` client loses the oldest events
+/// (and is told how many).
+pub const DAEMON_EVENT_CAPACITY: usize = 1024;
 
 /// A request from a control client, with the channel its answer goes back on.
 pub type ControlRequest = (Request, oneshot::Sender<Response>);
@@ -76,7 +117,12 @@ impl ControlSocket {
     }
 
     /// Accepts clients until the receiving end of `requests` is gone.
-    pub fn serve(&mut self, requests: mpsc::Sender<ControlRequest>) -> tokio::task::JoinHandle<()> {
+    /// `events` is the daemon-wide client event stream that [`Request::Events`] subscribes to.
+    pub fn serve(
+        &mut self,
+        requests: mpsc::Sender<ControlRequest>,
+        events: broadcast::Sender<ClientEventRecord>,
+    ) -> tokio::task::JoinHandle<()> {
         let listener = self.listener.take().expect("serve is called once");
         tokio::spawn(async move {
             loop {
@@ -89,8 +135,9 @@ impl ControlSocket {
                     }
                 };
                 let requests = requests.clone();
+                let events = events.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = serve_client(stream, requests).await {
+                    if let Err(error) = serve_client(stream, requests, events).await {
                         tracing::debug!(error = %format!("{error:#}"), "control client");
                     }
                 });
@@ -112,6 +159,7 @@ impl Drop for ControlSocket {
 async fn serve_client(
     stream: UnixStream,
     requests: mpsc::Sender<ControlRequest>,
+    events: broadcast::Sender<ClientEventRecord>,
 ) -> anyhow::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut lines = AsyncBufReader::new(reader.take(MAX_REQUEST_BYTES as u64 * 16)).lines();
@@ -125,6 +173,10 @@ async fn serve_client(
             }
         } else {
             match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Events) => {
+                    // Subscribed before anything is written: no event after the request is lost.
+                    return stream_events(events.subscribe(), writer).await;
+                }
                 Ok(request) => {
                     let (reply_to, reply) = oneshot::channel();
                     requests
@@ -141,6 +193,54 @@ async fn serve_client(
         let mut bytes = serde_json::to_vec(&response)?;
         bytes.push(b'\n');
         writer.write_all(&bytes).await?;
+    }
+    Ok(())
+}
+
+/// Writes every event of `events` as a [`Response::Event`] line until the client hangs up or
+/// the daemon stops.
+async fn stream_events(
+    mut events: broadcast::Receiver<ClientEventRecord>,
+    mut writer: tokio::net::unix::OwnedWriteHalf,
+) -> anyhow::Result<()> {
+    loop {
+        let response = match events.recv().await {
+            Ok(record) => Response::Event(record),
+            Err(broadcast::error::RecvError::Lagged(lost)) => Response::Error {
+                message: format!("{lost} events lost: this client reads too slowly"),
+            },
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        let mut bytes = serde_json::to_vec(&response)?;
+        bytes.push(b'\n');
+        writer.write_all(&bytes).await?;
+    }
+}
+
+/// Client side of [`Request::Events`] (used by `vpn-daemon events`): calls `on_event` for each
+/// event until the daemon closes the connection.
+pub fn follow_events(
+    socket: &Path,
+    mut on_event: impl FnMut(&ClientEventRecord) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut stream = StdUnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to {} (is vpn-daemon running?)",
+            socket.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(&Request::Events)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    for answer in BufReader::new(&stream).lines() {
+        let answer = answer.with_context(|| format!("reading from {}", socket.display()))?;
+        match serde_json::from_str::<Response>(&answer)
+            .with_context(|| format!("malformed event from {}", socket.display()))?
+        {
+            Response::Event(record) => on_event(&record)?,
+            Response::Error { message } => tracing::warn!(%message, "event stream"),
+            Response::Status(_) => bail!("unexpected status answer to an events request"),
+        }
     }
     Ok(())
 }
@@ -163,4 +263,52 @@ pub fn request(socket: &Path, request: &Request) -> anyhow::Result<Response> {
         .with_context(|| format!("reading the answer from {}", socket.display()))?;
     serde_json::from_str(&answer)
         .with_context(|| format!("malformed answer from {}", socket.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lines_are_flat_json_and_round_trip() {
+        let client = ClientInfo {
+            common_name: "alice".to_owned(),
+            virtual_address: "10.8.0.6".parse().unwrap(),
+            iroutes: vec!["192.168.7.0/24".parse().unwrap()],
+            real_address: "192.0.2.1:40000".parse().unwrap(),
+            peer_id: 3,
+            connected_since_unix: 1_700_000_000,
+        };
+        let up = ClientEventRecord::new("office", ClientEvent::ClientConnected(client.clone()));
+        let json: serde_json::Value = serde_json::to_value(&up).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "event": "client-connected", "tunnel": "office", "common_name": "alice",
+                "virtual_address": "10.8.0.6", "iroutes": ["192.168.7.0/24"],
+                "real_address": "192.0.2.1:40000", "peer_id": 3,
+                "connected_since_unix": 1_700_000_000u64,
+            })
+        );
+        let down = ClientEventRecord::new(
+            "office",
+            ClientEvent::ClientDisconnected {
+                client,
+                reason: "exit".to_owned(),
+            },
+        );
+        assert_eq!(down.event, "client-disconnected");
+        assert_eq!(down.reason.as_deref(), Some("exit"));
+        // As the control socket sends it, and as `vpn-daemon events` reads it back.
+        let line = serde_json::to_string(&Response::Event(down.clone())).unwrap();
+        assert!(line.contains("\"result\":\"event\""), "{line}");
+        assert_eq!(
+            serde_json::from_str::<Response>(&line).unwrap(),
+            Response::Event(down)
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>("{\"command\":\"events\"}").unwrap(),
+            Request::Events
+        );
+    }
 }

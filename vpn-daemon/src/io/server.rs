@@ -34,6 +34,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::netlink::Netlink;
 use super::tun::{TunDevice, TunQueue};
 use super::tunnel::TunnelRuntimeStatus;
+use super::udp_batch::{RecvBatch, SendBatch};
 use crate::config::ccd::{read_client_config, ClientConfig};
 use crate::config::{
     Addressing, Compress, Config, ControlProtection, TlsRole, Topology, Transport, Tunnel,
@@ -61,6 +62,11 @@ const POLL_INTERVAL_MS: i32 = 200;
 /// Attempts to send one UDP packet while the socket buffer is full, and the wait before each.
 const SEND_RETRIES: usize = 4;
 const SEND_WAIT_MS: i32 = 5;
+/// Datagrams per `sendmmsg` from tun to the clients (as the p2p data path).
+const SEND_BATCH: usize = 128;
+/// Receive slots of one `recvmmsg`; with UDP GRO each slot holds up to 64 KiB of datagrams.
+const RECV_BATCH: usize = 32;
+const RECV_SLOT: usize = 65_536;
 /// How often the control task runs session timers.
 const TICK: Duration = Duration::from_millis(200);
 /// Most sessions still in their handshake at once; more hard resets are dropped until some
@@ -211,16 +217,23 @@ impl Shared {
 
     /// Seals `payload` for `client` and sends it.
     fn send_data(&self, client: &ClientPlane, payload: &[u8], sealed: &mut Vec<u8>) {
+        if self.seal_data(client, payload, sealed) {
+            self.send_wire(client, sealed);
+        }
+    }
+
+    /// Seals `payload` for `client` into `sealed` and counts it as sent; false (counted) if
+    /// the client has no key yet or sealing fails.
+    fn seal_data(&self, client: &ClientPlane, payload: &[u8], sealed: &mut Vec<u8>) -> bool {
         client.promote_pending_key(None, self.now_ms());
         let Some(key) = client.send_key.load_full() else {
             self.counters.tx_no_key.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         };
         if key.seal(payload, sealed).is_err() {
             self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
-        self.send_wire(client, sealed);
         self.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
         self.counters
             .tx_bytes
@@ -228,6 +241,7 @@ impl Shared {
         client
             .tx_bytes
             .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        true
     }
 
     fn send_wire(&self, client: &ClientPlane, packet: &[u8]) {
@@ -703,31 +717,33 @@ fn ipv4_addresses(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
     Some((Ipv4Addr::from(source), Ipv4Addr::from(destination)))
 }
 
-/// Reads the UDP socket: data packets are opened and written to tun (or forwarded to another
-/// client), control packets go to the control task.
+/// Reads the UDP socket a batch at a time (`recvmmsg`, with UDP GRO where the kernel offers
+/// it): data packets are opened and written to tun (or forwarded to another client), control
+/// packets go to the control task.
 fn wire_receive_loop(shared: &Shared, tun: &TunQueue, control: &mpsc::Sender<ControlInput>) {
-    let mut buffer = vec![0u8; MAX_PACKET];
-    let mut sealed = Vec::with_capacity(MAX_PACKET);
     let Some(socket) = shared.socket.clone() else {
         return;
     };
-    let fd = socket.as_raw_fd();
+    let mut batch = RecvBatch::new(RECV_BATCH, RECV_SLOT);
+    if let Err(error) = batch.enable_udp_gro(socket.as_ref()) {
+        tracing::debug!(%error, "no UDP GRO: one datagram per receive slot");
+    }
+    // Data packets are opened in place, and the batch's slots are read-only.
+    let mut packet = Vec::with_capacity(MAX_PACKET);
+    let mut sealed = Vec::with_capacity(MAX_PACKET);
+    let poll_interval = Duration::from_millis(POLL_INTERVAL_MS as u64);
     while !shared.stop.load(Ordering::Relaxed) {
-        if !wait_readable(fd) {
-            continue;
+        match batch.recv(socket.as_ref(), Some(poll_interval)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            // WouldBlock: another reader raced us; ICMP errors from a vanished client also
+            // surface here. Either way, keep reading.
+            Err(_) => continue,
         }
-        loop {
-            let (length, from) = match socket.recv_from(&mut buffer) {
-                Ok(received) => received,
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                // ICMP errors from a vanished client surface here; keep reading.
-                Err(_) => continue,
-            };
-            let Some(packet) = buffer.get_mut(..length) else {
-                continue;
-            };
-            dispatch_packet(shared, packet, from, tun, control, &mut sealed);
+        for (datagram, from) in batch.iter() {
+            packet.clear();
+            packet.extend_from_slice(datagram);
+            dispatch_packet(shared, &mut packet, from, tun, control, &mut sealed);
         }
     }
 }
@@ -944,10 +960,14 @@ fn receive_data(
     }
 }
 
-/// Reads tun: each packet goes to the client owning its destination.
+/// Reads tun: each packet goes to the client owning its destination. UDP clients' packets are
+/// sealed into one batch, sent with `sendmmsg` (runs to one client as UDP GSO) whenever tun has
+/// nothing more queued or the batch is full.
 fn tun_receive_loop(shared: &Shared, tun: &TunQueue) {
     let mut buffer = vec![0u8; MAX_PACKET];
     let mut sealed = Vec::with_capacity(MAX_PACKET);
+    let mut batch = SendBatch::new(SEND_BATCH, 2048);
+    batch.set_udp_gso(true);
     let fd = tun.as_raw_fd();
     set_nonblocking(fd);
     while !shared.stop.load(Ordering::Relaxed) {
@@ -969,13 +989,48 @@ fn tun_receive_loop(shared: &Shared, tun: &TunQueue) {
             let owner = ipv4_addresses(payload)
                 .and_then(|(_, destination)| snapshot.routes.lookup(destination))
                 .and_then(|owner| snapshot.by_peer_id.get(&owner));
-            match owner {
-                Some(client) => shared.send_data(client, payload, &mut sealed),
-                None => {
-                    shared.counters.tx_no_route.fetch_add(1, Ordering::Relaxed);
+            let Some(client) = owner else {
+                shared.counters.tx_no_route.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if client.tcp.is_some() {
+                shared.send_data(client, payload, &mut sealed);
+                continue;
+            }
+            if !shared.seal_data(client, payload, &mut sealed) {
+                continue;
+            }
+            if batch.is_full() {
+                flush_batch(shared, &mut batch);
+            }
+            if batch.push(&sealed, client.real_address).is_err() {
+                // Longer than a slot: cannot happen below the tun MTU, but never lose it.
+                if !shared.send_udp(&sealed, client.real_address) {
+                    shared.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            client
+                .last_sent_ms
+                .store(shared.now_ms(), Ordering::Relaxed);
         }
+        flush_batch(shared, &mut batch);
+    }
+}
+
+/// Sends what `batch` holds on the server's UDP socket; drops are counted as send errors.
+fn flush_batch(shared: &Shared, batch: &mut SendBatch) {
+    if batch.is_empty() {
+        return;
+    }
+    let Some(socket) = shared.socket.as_ref() else {
+        batch.clear();
+        return;
+    };
+    let queued = batch.len();
+    let sent = batch.flush(socket.as_ref()).unwrap_or(0);
+    let lost = queued.saturating_sub(sent) as u64;
+    if lost > 0 {
+        shared.counters.tx_errors.fetch_add(lost, Ordering::Relaxed);
     }
 }
 

@@ -8,10 +8,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
 use ipnet::Ipv4Net;
+use sha2::Sha256;
 
 use super::options::PushOptions;
-use super::packet::PEER_ID_UNSET;
+use super::packet::{SessionId, PEER_ID_UNSET, SESSION_ID_LEN};
 use crate::config::ccd::ClientConfig;
 use crate::config::{IfconfigPool, Topology};
 
@@ -354,6 +357,104 @@ pub fn client_push(server: &ServerPush, lease: &Lease, ccd: Option<&ClientConfig
     push
 }
 
+// ---------------------------------------------------------------------------------------------
+// Stateless first packet (HMAC cookie session id)
+
+/// OpenVPN 2.6's stateless answer to a client's first `HARD_RESET_CLIENT_V2`: the server's
+/// session id is an HMAC of a time slot, the client's address and the client's session id, so
+/// the server can answer without keeping state and create the session only when the client's
+/// next packet echoes that id in its ACK (OpenVPN ssl_pkt.c `calculate_session_id_hmac`,
+/// `check_session_id_hmac`). Only this server ever checks the cookie, so its exact input layout
+/// is ours to choose; the window rules follow OpenVPN.
+pub struct SessionCookie {
+    /// The caller's 32-byte key zero-padded to SHA-256's block, as HMAC pads it anyway.
+    key: [u8; 64],
+    slot_secs: u64,
+}
+
+/// Time slots before (and one after) the current one whose cookies are still accepted, as
+/// OpenVPN's `check_session_id_hmac` (offsets -2..=1).
+const COOKIE_SLOTS: std::ops::RangeInclusive<i64> = -2..=1;
+
+impl SessionCookie {
+    /// A cookie source with the caller's random `key` (fresh per process: cookies never
+    /// outlive a restart) and OpenVPN's `hand-window` in seconds (default 60); a slot lasts
+    /// half the window, rounded up.
+    pub fn new(key: [u8; 32], hand_window_secs: u32) -> Self {
+        let mut padded = [0u8; 64];
+        padded[..32].copy_from_slice(&key);
+        SessionCookie {
+            key: padded,
+            slot_secs: u64::from(hand_window_secs).div_ceil(2).max(1),
+        }
+    }
+
+    /// The server session id to answer `client_session` from `client` with at `now_unix`.
+    pub fn server_session_id(
+        &self,
+        client_session: SessionId,
+        client: std::net::SocketAddr,
+        now_unix: u64,
+    ) -> SessionId {
+        let tag = self.tag(self.slot(now_unix), client_session, client);
+        let mut id = [0u8; SESSION_ID_LEN];
+        id.copy_from_slice(tag.get(..SESSION_ID_LEN).unwrap_or(&[0; SESSION_ID_LEN]));
+        SessionId(id)
+    }
+
+    /// Whether `echoed` (the server session id the client's ACK names) is a cookie this server
+    /// handed to `client_session` at `client` recently enough; compared in constant time.
+    pub fn verify(
+        &self,
+        echoed: SessionId,
+        client_session: SessionId,
+        client: std::net::SocketAddr,
+        now_unix: u64,
+    ) -> bool {
+        let current = self.slot(now_unix) as i64;
+        COOKIE_SLOTS
+            .filter_map(|offset| u64::try_from(current.checked_add(offset)?).ok())
+            .map(|slot| self.mac(slot, client_session, client))
+            .fold(false, |found, mac| {
+                found | mac.verify_truncated_left(echoed.as_bytes()).is_ok()
+            })
+    }
+
+    fn slot(&self, now_unix: u64) -> u64 {
+        now_unix / self.slot_secs
+    }
+
+    fn mac(
+        &self,
+        slot: u64,
+        client_session: SessionId,
+        client: std::net::SocketAddr,
+    ) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new((&self.key).into());
+        mac.update(&slot.to_be_bytes());
+        match client {
+            std::net::SocketAddr::V4(address) => {
+                mac.update(&[4]);
+                mac.update(&address.ip().octets());
+            }
+            std::net::SocketAddr::V6(address) => {
+                mac.update(&[6]);
+                mac.update(&address.ip().octets());
+            }
+        }
+        mac.update(&client.port().to_be_bytes());
+        mac.update(client_session.as_bytes());
+        mac
+    }
+
+    fn tag(&self, slot: u64, client_session: SessionId, client: std::net::SocketAddr) -> Vec<u8> {
+        self.mac(slot, client_session, client)
+            .finalize()
+            .into_bytes()
+            .to_vec()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,5 +667,82 @@ mod tests {
         assert!(push
             .to_reply()
             .starts_with("PUSH_REPLY,route 10.8.0.0 255.255.255.0,"));
+    }
+
+    fn cookie_inputs() -> (SessionCookie, SessionId, std::net::SocketAddr) {
+        (
+            SessionCookie::new([7; 32], 60),
+            SessionId([1, 2, 3, 4, 5, 6, 7, 8]),
+            "192.0.2.10:40000".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn cookie_is_an_hmac_sha256_prefix_of_slot_address_and_client_session() {
+        let (cookie, client_session, client) = cookie_inputs();
+        // Known answer computed independently: HMAC-SHA256(key 32x07, slot 1000/30 = 33 as u64
+        // BE || 0x04 || 192.0.2.10 || port 40000 BE || 0102030405060708), first 8 bytes.
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&[7u8; 32]).unwrap();
+        let mut input = 33u64.to_be_bytes().to_vec();
+        input.extend_from_slice(&[4, 192, 0, 2, 10]);
+        input.extend_from_slice(&40000u16.to_be_bytes());
+        input.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        mac.update(&input);
+        let expected = mac.finalize().into_bytes();
+        let id = cookie.server_session_id(client_session, client, 1000);
+        assert_eq!(&id.0[..], &expected[..8]);
+        assert_ne!(id, SessionId([0; 8]));
+    }
+
+    #[test]
+    fn cookie_is_accepted_for_two_slots_back_and_one_ahead_only() {
+        let (cookie, client_session, client) = cookie_inputs();
+        let issued_at = 30 * 100; // start of slot 100
+        let id = cookie.server_session_id(client_session, client, issued_at);
+        // Slots 99..=102 as "now" accept it (offsets -2..=1 around now).
+        for now in [
+            issued_at - 1,
+            issued_at,
+            issued_at + 30,
+            issued_at + 60 + 29,
+        ] {
+            assert!(cookie.verify(id, client_session, client, now), "now {now}");
+        }
+        assert!(!cookie.verify(id, client_session, client, issued_at + 90));
+        assert!(!cookie.verify(id, client_session, client, issued_at - 31));
+    }
+
+    #[test]
+    fn cookie_is_bound_to_address_port_client_session_and_key() {
+        let (cookie, client_session, client) = cookie_inputs();
+        let now = 5000;
+        let id = cookie.server_session_id(client_session, client, now);
+        let other_port: std::net::SocketAddr = "192.0.2.10:40001".parse().unwrap();
+        let other_ip: std::net::SocketAddr = "192.0.2.11:40000".parse().unwrap();
+        let v6: std::net::SocketAddr = "[2001:db8::1]:40000".parse().unwrap();
+        assert!(cookie.verify(id, client_session, client, now));
+        assert!(!cookie.verify(id, client_session, other_port, now));
+        assert!(!cookie.verify(id, client_session, other_ip, now));
+        assert!(!cookie.verify(id, client_session, v6, now));
+        assert!(!cookie.verify(id, SessionId([1, 2, 3, 4, 5, 6, 7, 9]), client, now));
+        let other_key = SessionCookie::new([8; 32], 60);
+        assert!(!other_key.verify(id, client_session, client, now));
+        let mut flipped = id;
+        flipped.0[7] ^= 1;
+        assert!(!cookie.verify(flipped, client_session, client, now));
+    }
+
+    #[test]
+    fn cookie_slot_is_half_the_hand_window_rounded_up() {
+        // hand-window 5 -> slots of 3 s: a cookie from t=0 (slot 0) holds until slot 2 ends.
+        let cookie = SessionCookie::new([1; 32], 5);
+        let (_, client_session, client) = cookie_inputs();
+        let id = cookie.server_session_id(client_session, client, 0);
+        assert!(cookie.verify(id, client_session, client, 8));
+        assert!(!cookie.verify(id, client_session, client, 9));
+        // A zero window still gives 1 s slots, no division by zero.
+        let zero = SessionCookie::new([1; 32], 0);
+        let id = zero.server_session_id(client_session, client, 10);
+        assert!(zero.verify(id, client_session, client, 12));
     }
 }
