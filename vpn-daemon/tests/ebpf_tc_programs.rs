@@ -39,6 +39,9 @@ const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 /// Offset of `ingress_ifindex` in `struct __sk_buff` (uapi/linux/bpf.h).
 const SKB_INGRESS_IFINDEX: usize = 36;
+/// Offsets of `gso_segs` and `gso_size` in `struct __sk_buff` (uapi/linux/bpf.h).
+const SKB_GSO_SEGS: usize = 164;
+const SKB_GSO_SIZE: usize = 176;
 /// `sizeof(struct __sk_buff)`.
 const SKB_SIZE: usize = 192;
 
@@ -100,8 +103,23 @@ fn load(ebpf: &mut Ebpf, name: &str) {
 
 /// Runs `program` on `frame` arriving on `ifindex`; returns the verdict.
 fn run(ebpf: &Ebpf, program: &str, frame: &[u8], ifindex: u32) -> u32 {
+    run_gso(ebpf, program, frame, ifindex, 0, 0)
+}
+
+/// Like [`run`] for a GSO packet of `gso_segs` segments of `gso_size` payload bytes (what GRO
+/// on a NIC makes of a TCP flow).
+fn run_gso(
+    ebpf: &Ebpf,
+    program: &str,
+    frame: &[u8],
+    ifindex: u32,
+    gso_segs: u32,
+    gso_size: u32,
+) -> u32 {
     let mut skb = [0u8; SKB_SIZE];
     skb[SKB_INGRESS_IFINDEX..SKB_INGRESS_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    skb[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
+    skb[SKB_GSO_SIZE..SKB_GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
     let program: &SchedClassifier = ebpf.program(program).unwrap().try_into().unwrap();
     program
         .test_run(TestRunOptions {
@@ -525,6 +543,48 @@ fn tc_lan_ingress_steers_flows_by_rendezvous_hash() {
     let (verdict, out) = run_out(&ebpf, TC_STEER_PROGRAM, &frame);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(out[14 + 7], 63, "hop limit decremented");
+
+    // A GRO'd TCP super-packet over the link MTU (1000) is steered when each of its segments
+    // fits (20 + 20 + 900 bytes), and left to the stack when they do not (20 + 20 + 990).
+    let mut tcp = ports(40000, 5201);
+    tcp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    tcp.resize(20 + 2700, 0);
+    let super_packet = ipv4("10.1.0.5", "10.2.0.1", IPPROTO_TCP, 0, &tcp);
+    for (name, gso_size, expected, verdict) in [
+        (
+            "gso segments fit the link",
+            900,
+            Redirected,
+            TC_ACT_REDIRECT,
+        ),
+        ("gso segments too big for the link", 990, TooBig, TC_ACT_OK),
+        ("not gso and too big", 0, TooBig, TC_ACT_OK),
+    ] {
+        let before = counters(&ebpf, STEER_COUNTERS_MAP, names.len());
+        let segments = if gso_size == 0 {
+            0
+        } else {
+            2700 / gso_size + 1
+        };
+        assert_eq!(
+            run_gso(
+                &ebpf,
+                TC_STEER_PROGRAM,
+                &super_packet,
+                1,
+                segments,
+                gso_size
+            ),
+            verdict,
+            "{name}: verdict"
+        );
+        let after = counters(&ebpf, STEER_COUNTERS_MAP, names.len());
+        assert_eq!(
+            after[expected as usize] - before[expected as usize],
+            1,
+            "{name}"
+        );
+    }
 }
 
 fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {

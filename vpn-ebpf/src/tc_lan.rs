@@ -109,7 +109,10 @@ fn steer(ctx: &TcContext) -> (SteerCounter, i32) {
     let ifindex = link.ifindex;
     // Redirecting bypasses IP forwarding, so do what a router must here, or leave the packet to
     // the stack (which then routes it through the kernel route and answers with ICMP).
-    if link.mtu != 0 && ctx.len() > link.mtu + ETH_HDR_LEN as u32 {
+    if link.mtu != 0
+        && ctx.len() > link.mtu + ETH_HDR_LEN as u32
+        && !gso_segments_fit(ctx, &header, link.mtu)
+    {
         return (SteerCounter::TooBig, TC_ACT_OK);
     }
     if !decrement_hop_limit(ctx, &header) {
@@ -125,4 +128,25 @@ fn steer(ctx: &TcContext) -> (SteerCounter, i32) {
         return (SteerCounter::NoLiveLink, TC_ACT_OK);
     }
     (SteerCounter::Redirected, verdict)
+}
+
+/// Whether `ctx` is a GSO packet whose segments each fit `mtu`. GRO on the LAN NIC merges a TCP
+/// flow's segments into one big packet; the tun (or the stack, for a tun without offloads) cuts
+/// it back into `gso_size` pieces on the way out, so one segment must fit the link, not the whole.
+#[inline(always)]
+fn gso_segments_fit(ctx: &TcContext, header: &IpHeader, mtu: u32) -> bool {
+    // SAFETY: a plain read of the context the kernel handed to this program.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return false;
+    }
+    let l4_header_len = match header.protocol {
+        IPPROTO_TCP => match load_net::<u8>(ctx, header.l4_offset + 12) {
+            Some(data_offset) => u32::from(data_offset >> 4) * 4,
+            None => return false,
+        },
+        IPPROTO_UDP => 8,
+        _ => return false,
+    };
+    header.l4_offset + l4_header_len + gso_size <= mtu
 }
