@@ -561,11 +561,7 @@ fn tc_lan_ingress_steers_flows_by_rendezvous_hash() {
         ("not gso and too big", 0, TooBig, TC_ACT_OK),
     ] {
         let before = counters(&ebpf, STEER_COUNTERS_MAP, names.len());
-        let segments = if gso_size == 0 {
-            0
-        } else {
-            2700 / gso_size + 1
-        };
+        let segments = 2700u32.checked_div(gso_size).map_or(0, |whole| whole + 1);
         assert_eq!(
             run_gso(
                 &ebpf,
