@@ -39,7 +39,7 @@ use crate::config::ccd::{read_client_config, ClientConfig};
 use crate::config::{
     Addressing, Compress, Config, ControlProtection, TlsRole, Topology, Transport, Tunnel,
 };
-use crate::proto::control_codec::{ControlCodec, Protection};
+use crate::proto::control_codec::{ControlCodec, ControlCodecError, Protection};
 use crate::proto::data::{
     peek_data_key, CompressionFraming, DataError, ReceiveKey, Received, ReplayConfig, SendKey,
 };
@@ -47,9 +47,12 @@ use crate::proto::framing::{encode_frame, FrameDecoder};
 use crate::proto::keys::StaticKey;
 use crate::proto::options::{options_string, OccOptions, OccTransport, PeerInfo, PushOptions};
 use crate::proto::packet::{peek_opcode, KeyId, Opcode};
-use crate::proto::server::{client_push, AddressPool, Lease, PeerIds, RouteTable, ServerPush};
+use crate::proto::server::{
+    client_push, AddressPool, Lease, PeerIds, RouteTable, ServerPush, SessionCookie,
+};
 use crate::proto::session::{
-    LinkActivity, Session, SessionConfig, SessionEnd, SessionEvent, SessionMode, TlsSetup,
+    classify_first_packet, stateless_reset_reply, FirstPacket, FirstPacketError, LinkActivity,
+    Session, SessionConfig, SessionEnd, SessionEvent, SessionMode, TlsSetup,
 };
 use crate::proto::tls::{self, PeerChecks, PkiMaterial};
 use crate::proto::tls_auth::TlsAuth;
@@ -131,6 +134,10 @@ struct ServerCounters {
     tx_errors: AtomicU64,
     control_dropped: AtomicU64,
     control_unauthenticated: AtomicU64,
+    /// Stateless cookie replies sent to first resets (UDP).
+    control_cookie_sent: AtomicU64,
+    /// Handshake packets echoing a wrong or expired cookie (no session was created).
+    control_cookie_refused: AtomicU64,
 }
 
 /// What the data path knows about one client.
@@ -460,8 +467,19 @@ impl ServerRuntime {
         }));
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (stop, stop_rx) = watch::channel(false);
+        let mut cookie_key = [0u8; 32];
+        {
+            use ring::rand::SecureRandom;
+            ring::rand::SystemRandom::new()
+                .fill(&mut cookie_key)
+                .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+        }
+        let hand_window_secs =
+            u32::try_from(session_config.handshake_window.as_secs()).unwrap_or(u32::MAX);
         let control = ControlTask {
             name: tunnel.name.clone(),
+            first_packets: ControlCodec::new(protection.build(), unix_now() as u32),
+            cookie: SessionCookie::new(cookie_key, hand_window_secs),
             session_config,
             protection,
             shared: shared.clone(),
@@ -553,6 +571,8 @@ impl ServerRuntime {
             ("tx_errors", &counters.tx_errors),
             ("control_dropped", &counters.control_dropped),
             ("control_unauthenticated", &counters.control_unauthenticated),
+            ("control_cookie_sent", &counters.control_cookie_sent),
+            ("control_cookie_refused", &counters.control_cookie_refused),
         ];
         let mut counters: std::collections::BTreeMap<String, u64> = pairs
             .into_iter()
@@ -1107,6 +1127,11 @@ struct ControlTask {
     name: String,
     session_config: SessionConfig,
     protection: ProtectionSource,
+    /// Authenticates first packets from unknown addresses (no replay state; UDP).
+    first_packets: ControlCodec,
+    /// Makes and checks the HMAC-cookie session ids of stateless first replies (UDP); its
+    /// key is random per process.
+    cookie: SessionCookie,
     shared: Arc<Shared>,
     status: Arc<Mutex<SharedStatus>>,
     events: broadcast::Sender<ClientEvent>,
@@ -1212,14 +1237,13 @@ impl ControlTask {
     fn make_session(&self, now: Instant) -> Option<Session> {
         let now_unix = unix_now() as u32;
         let codec = ControlCodec::new(self.protection.build(), now_unix);
-        let random = Box::new(|buffer: &mut [u8]| {
-            use ring::rand::SecureRandom;
-            // The system RNG failing is not recoverable; zeroes would be worse than stopping.
-            ring::rand::SystemRandom::new()
-                .fill(buffer)
-                .expect("the system random number generator failed");
-        });
-        match Session::new(self.session_config.clone(), codec, now, now_unix, random) {
+        match Session::new(
+            self.session_config.clone(),
+            codec,
+            now,
+            now_unix,
+            system_random(),
+        ) {
             Ok(session) => Some(session),
             Err(end) => {
                 tracing::error!(tunnel = %self.name, reason = %end, "cannot start a session");
@@ -1230,13 +1254,21 @@ impl ControlTask {
 
     fn on_packet(&mut self, bytes: &[u8], from: SocketAddr) {
         let now = Instant::now();
+        let stateless = self.session_config.transport == Transport::Udp;
         if let Some(connection) = self.connections.get_mut(&from) {
-            if !connection.session.is_new_session_reset(bytes) {
+            let another_session =
+                stateless && is_another_sessions_handshake(&connection.session, bytes);
+            if !connection.session.is_new_session_reset(bytes) && !another_session {
                 feed(&self.shared, &mut connection.session, now, bytes);
                 self.drive(from);
                 return;
             }
         }
+        if stateless {
+            self.on_first_packet(bytes, from, now);
+            return;
+        }
+        // TCP: the connection itself proves the address (OpenVPN uses the cookie on UDP only).
         let is_reset = matches!(peek_opcode(bytes), Ok((Opcode::HardResetClientV2, _)));
         if !is_reset {
             self.shared
@@ -1277,6 +1309,90 @@ impl ControlTask {
             },
         );
         self.drive(from);
+    }
+
+    /// A UDP packet from an address without a session of that client (OpenVPN 2.6 mudp.c
+    /// `do_pre_decrypt_check`): a hard reset gets the stateless cookie reply; a handshake
+    /// packet echoing a valid cookie creates the session, which then handles it.
+    fn on_first_packet(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) {
+        let counters = &self.shared.counters;
+        match classify_first_packet(&self.first_packets, bytes) {
+            Err(FirstPacketError::Codec(ControlCodecError::Unauthenticated)) => {
+                counters
+                    .control_unauthenticated
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                counters.control_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(FirstPacket::Reset { client_session }) => {
+                let now_unix = unix_now();
+                let cookie = self
+                    .cookie
+                    .server_session_id(client_session, from, now_unix);
+                // A fresh codec per reply: its replay id is 1, as OpenVPN's.
+                let mut codec = ControlCodec::new(self.protection.build(), now_unix as u32);
+                match stateless_reset_reply(&mut codec, now_unix as u32, cookie, client_session) {
+                    Ok(wire) => {
+                        counters.control_cookie_sent.fetch_add(1, Ordering::Relaxed);
+                        self.transmit(from, &wire);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot wrap the stateless reset reply");
+                        counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok(FirstPacket::Echo {
+                client_session,
+                echoed,
+            }) => {
+                if !self.cookie.verify(echoed, client_session, from, unix_now()) {
+                    counters
+                        .control_cookie_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let handshaking = self
+                    .connections
+                    .values()
+                    .filter(|connection| connection.admitted.is_none())
+                    .count();
+                if handshaking >= MAX_HANDSHAKING {
+                    counters.control_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let now_unix = unix_now() as u32;
+                let codec = ControlCodec::new(self.protection.build(), now_unix);
+                let mut session = match Session::new_server_after_cookie(
+                    self.session_config.clone(),
+                    codec,
+                    now,
+                    now_unix,
+                    system_random(),
+                    echoed,
+                    client_session,
+                ) {
+                    Ok(session) => session,
+                    Err(end) => {
+                        tracing::error!(tunnel = %self.name, reason = %end, "cannot start a session");
+                        return;
+                    }
+                };
+                feed(&self.shared, &mut session, now, bytes);
+                if self.connections.contains_key(&from) {
+                    self.forget(from, "the client started a new session");
+                }
+                self.connections.insert(
+                    from,
+                    Connection {
+                        session,
+                        admitted: None,
+                    },
+                );
+                self.drive(from);
+            }
+        }
     }
 
     /// Sends a control packet to the client at `address`.
@@ -1657,6 +1773,29 @@ fn activity(shared: &Shared, plane: &ClientPlane) -> LinkActivity {
         last_received: at(plane.last_received_ms.load(Ordering::Relaxed)),
         last_sent: at(plane.last_sent_ms.load(Ordering::Relaxed)),
     }
+}
+
+/// The session's random source: the system RNG.
+fn system_random() -> crate::proto::session::RandomSource {
+    Box::new(|buffer: &mut [u8]| {
+        use ring::rand::SecureRandom;
+        // The system RNG failing is not recoverable; zeroes would be worse than stopping.
+        ring::rand::SystemRandom::new()
+            .fill(buffer)
+            .expect("the system random number generator failed");
+    })
+}
+
+/// Whether `bytes` is a handshake packet (CONTROL_V1/ACK_V1) of a client session other than
+/// `session`'s: a client that restarted from the same address echoing a new cookie.
+fn is_another_sessions_handshake(session: &Session, bytes: &[u8]) -> bool {
+    let Ok((header, _)) = crate::proto::packet::ControlHeader::decode(bytes) else {
+        return false;
+    };
+    matches!(header.opcode, Opcode::ControlV1 | Opcode::AckV1)
+        && session
+            .remote_session_id()
+            .is_some_and(|remote| remote != header.session_id)
 }
 
 /// Hands one control packet to `session` and counts what it refused.

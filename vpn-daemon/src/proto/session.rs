@@ -371,6 +371,84 @@ impl Session {
         Ok(session)
     }
 
+    /// A UDP server's session created statelessly (OpenVPN 2.6 HMAC cookie,
+    /// ssl.c `session_skip_to_pre_start`): the client's hard reset (its message 0) was answered
+    /// by [`stateless_reset_reply`] with `cookie` as our session id, and the client has just
+    /// echoed that cookie. The session starts as if it had received the client's reset and had
+    /// sent its own reset (message 0), already acknowledged; replay ids sent continue after the
+    /// stateless reply's. Feed it the echoing packet next with [`handle_control`](Self::handle_control).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_server_after_cookie(
+        config: SessionConfig,
+        mut codec: ControlCodec,
+        now: Instant,
+        now_unix: u32,
+        random: RandomSource,
+        cookie: SessionId,
+        client_session: SessionId,
+    ) -> Result<Session, SessionEnd> {
+        if config.tls.role() != TlsRole::Server {
+            return Err(SessionEnd::Protocol(
+                "a cookie session needs a TLS server".to_string(),
+            ));
+        }
+        if cookie.is_zero() || client_session.is_zero() {
+            return Err(SessionEnd::Protocol("a zero session id".to_string()));
+        }
+        // The stateless reply used replay id 1 of a fresh sequence; ours continue after it
+        // (OpenVPN sets the session's tls_wrap send id to 1).
+        stateless_reset_reply(&mut codec, now_unix, cookie, client_session)
+            .map_err(|error| SessionEnd::Protocol(format!("cannot wrap the reset: {error}")))?;
+        let keepalive = config.keepalive;
+        let mut session = Session {
+            config,
+            codec,
+            local_session_id: cookie,
+            remote_session_id: Some(client_session),
+            keys: Vec::new(),
+            params: None,
+            remote_peer_info: None,
+            pushed: None,
+            push_request_due: None,
+            keepalive,
+            events: VecDeque::new(),
+            random,
+            clock_anchor: (now, now_unix),
+            stats: SessionStats::default(),
+            ended: false,
+            established: false,
+            peer_authenticated: false,
+            push_decided: false,
+            push_request_waiting: false,
+        };
+        session.start_key_state(now, KeyId::ZERO)?;
+        let key = session
+            .keys
+            .first_mut()
+            .ok_or_else(|| SessionEnd::Protocol("no key state".to_string()))?;
+        let client_reset = super::packet::ControlBody {
+            acks: Vec::new(),
+            remote_session_id: None,
+            message_id: Some(0),
+            payload: &[],
+        };
+        let our_reset_acked = super::packet::ControlBody {
+            acks: vec![0],
+            remote_session_id: Some(cookie),
+            message_id: None,
+            payload: &[],
+        };
+        key.reliable
+            .receive(now, Opcode::HardResetClientV2, &client_reset)
+            .and_then(|()| key.reliable.receive(now, Opcode::AckV1, &our_reset_acked))
+            .map_err(|error| SessionEnd::Protocol(format!("cannot skip the resets: {error}")))?;
+        // The stateless reply already acknowledged the client's reset.
+        drop(key.reliable.poll_transmit(now));
+        session.process_key_state(now, 0);
+        session.flush(now);
+        Ok(session)
+    }
+
     /// Our own session id.
     pub fn local_session_id(&self) -> SessionId {
         self.local_session_id
@@ -1409,6 +1487,101 @@ impl Session {
             self.maybe_activate(now, index);
         }
     }
+}
+
+/// What a stateless UDP server makes of a packet from an address without a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstPacket {
+    /// A client's hard reset (key 0, message 0): answer with [`stateless_reset_reply`].
+    Reset {
+        /// The client's session id.
+        client_session: SessionId,
+    },
+    /// A `CONTROL_V1` or `ACK_V1` of the three-way handshake that acknowledges our reply: the
+    /// caller checks `echoed` against the cookie it would have sent.
+    Echo {
+        /// The client's session id.
+        client_session: SessionId,
+        /// The session id the client acknowledged (our cookie, if it is genuine).
+        echoed: SessionId,
+    },
+}
+
+/// Why [`classify_first_packet`] creates nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FirstPacketError {
+    /// Unwrapping or decoding failed.
+    #[error(transparent)]
+    Codec(#[from] ControlCodecError),
+    /// Authenticated, but not a packet that can start a session (ssl_pkt.c
+    /// `check_session_hmac_and_pkt_id`: only a reset, or message and acked ids at most 1 with
+    /// an ack naming our session).
+    #[error("not a first packet of the three-way handshake")]
+    NotFirst,
+}
+
+/// Classifies the first packet(s) from an unknown address without keeping state (ssl.c
+/// `tls_pre_decrypt_lite`): authenticated by the codec's tls-auth/tls-crypt, replay ids not
+/// checked (the session created later checks them).
+pub fn classify_first_packet(
+    codec: &ControlCodec,
+    wire: &[u8],
+) -> Result<FirstPacket, FirstPacketError> {
+    let mut scratch = Vec::new();
+    let packet = codec.decode_stateless(wire, &mut scratch)?;
+    let header = packet.header;
+    let body = packet.body;
+    if header.key_id != KeyId::ZERO || header.session_id.is_zero() {
+        return Err(FirstPacketError::NotFirst);
+    }
+    match header.opcode {
+        Opcode::HardResetClientV2 if body.message_id == Some(0) => Ok(FirstPacket::Reset {
+            client_session: header.session_id,
+        }),
+        Opcode::ControlV1 | Opcode::AckV1 => {
+            let echoed = body.remote_session_id.ok_or(FirstPacketError::NotFirst)?;
+            let small = |id: &u32| *id <= 1;
+            if body.acks.is_empty()
+                || !body.acks.iter().all(small)
+                || !body.message_id.iter().all(small)
+            {
+                return Err(FirstPacketError::NotFirst);
+            }
+            Ok(FirstPacket::Echo {
+                client_session: header.session_id,
+                echoed,
+            })
+        }
+        _ => Err(FirstPacketError::NotFirst),
+    }
+}
+
+/// The stateless answer to a client's hard reset (ssl_pkt.c `tls_reset_standalone`):
+/// `HARD_RESET_SERVER_V2` with `cookie` as our session id, acknowledging the client's message 0,
+/// itself message 0, no payload, wrapped by `codec` (use a fresh codec per reply, so its
+/// replay id is 1 as OpenVPN's `reset_packet_id_send` makes it).
+pub fn stateless_reset_reply(
+    codec: &mut ControlCodec,
+    now_unix: u32,
+    cookie: SessionId,
+    client_session: SessionId,
+) -> Result<Vec<u8>, ControlCodecError> {
+    let packet = super::packet::ControlPacket {
+        header: super::packet::ControlHeader {
+            opcode: Opcode::HardResetServerV2,
+            key_id: KeyId::ZERO,
+            session_id: cookie,
+        },
+        body: super::packet::ControlBody {
+            acks: vec![0],
+            remote_session_id: Some(client_session),
+            message_id: Some(0),
+            payload: &[],
+        },
+    };
+    let mut wire = Vec::new();
+    codec.encode(now_unix, &packet, &mut wire)?;
+    Ok(wire)
 }
 
 /// Control messages with owned text, so the plaintext buffer can be drained while handling them.

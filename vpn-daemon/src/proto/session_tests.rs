@@ -23,10 +23,11 @@ use super::control_codec::{ControlCodec, Protection};
 use super::data::{peek_data_key, DataError, DataFormat, ReceiveKey, Received, SendKey};
 use super::keys::{StaticKey, STATIC_KEY_BYTES};
 use super::options::{iv_proto, options_string, OccOptions, OccTransport, PeerInfo, PushOptions};
-use super::packet::{peek_opcode, KeyId, Opcode};
+use super::packet::{peek_opcode, KeyId, Opcode, SessionId};
 use super::session::{
-    DataChannelParams, LinkActivity, RandomSource, Session, SessionConfig, SessionEnd,
-    SessionEvent, SessionMode, TlsSetup,
+    classify_first_packet, stateless_reset_reply, DataChannelParams, FirstPacket, FirstPacketError,
+    LinkActivity, RandomSource, Session, SessionConfig, SessionEnd, SessionEvent, SessionMode,
+    TlsSetup,
 };
 use super::tls::{self, PeerChecks, PkiMaterial};
 use super::tls_auth::TlsAuth;
@@ -1660,5 +1661,239 @@ fn a_server_restart_message_makes_the_client_restart() {
     assert!(matches!(
         pair.client.end_reason(),
         Some(SessionEnd::PeerRestart)
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stateless HMAC-cookie first packets (OpenVPN 2.6 UDP server)
+
+const COOKIE_CLIENT: &str = "192.0.2.7:41000";
+
+fn cookie_jar() -> super::server::SessionCookie {
+    super::server::SessionCookie::new([0x5a; 32], 60)
+}
+
+/// The client's first packets through a stateless responder: its reset is answered with the
+/// cookie reply (no state), and the first echo that verifies creates the server session.
+/// Returns the pair with both sessions, or `None` if no echo verified.
+fn pair_through_cookie(
+    wrap: Wrap,
+    jar: &super::server::SessionCookie,
+    reply_cookie: Option<SessionId>,
+    verify_at_unix: u32,
+    seed: u64,
+) -> Option<Pair> {
+    let client_address: std::net::SocketAddr = COOKIE_CLIENT.parse().unwrap();
+    let base = Instant::now();
+    let client_config = session_config(Roles::ClientServer, TlsRole::Client, &Cipher::ALL, wrap);
+    let server_config = session_config(Roles::ClientServer, TlsRole::Server, &Cipher::ALL, wrap);
+    let client = Session::new(
+        client_config,
+        ControlCodec::new(protection(wrap, TlsRole::Client, 1), START_UNIX),
+        base,
+        START_UNIX,
+        random_source(seed),
+    )
+    .unwrap();
+    let mut client = Endpoint::new("client", client, base);
+    // The responder keeps only a codec for authenticating (no replay state) and the key.
+    let responder = ControlCodec::new(protection(wrap, TlsRole::Server, 1), START_UNIX);
+    let resets = client.drain(base, base);
+    assert_eq!(resets.len(), 1, "the client starts with one hard reset");
+    let FirstPacket::Reset { client_session } =
+        classify_first_packet(&responder, &resets[0]).unwrap()
+    else {
+        panic!("the client's first packet is not a reset");
+    };
+    let cookie = reply_cookie.unwrap_or_else(|| {
+        jar.server_session_id(client_session, client_address, u64::from(START_UNIX))
+    });
+    let mut reply_codec = ControlCodec::new(protection(wrap, TlsRole::Server, 1), START_UNIX);
+    let reply =
+        stateless_reset_reply(&mut reply_codec, START_UNIX, cookie, client_session).unwrap();
+    // The reply is a HARD_RESET_SERVER_V2 acking message 0 and carrying message 0.
+    let mut scratch = Vec::new();
+    let mut plain = ControlCodec::new(protection(wrap, TlsRole::Client, 1), START_UNIX);
+    let decoded = plain.decode(base, &reply, &mut scratch).unwrap();
+    assert_eq!(decoded.header.opcode, Opcode::HardResetServerV2);
+    assert_eq!(decoded.header.session_id, cookie);
+    assert_eq!(decoded.body.acks, vec![0]);
+    assert_eq!(decoded.body.remote_session_id, Some(client_session));
+    assert_eq!(decoded.body.message_id, Some(0));
+    assert!(decoded.body.payload.is_empty());
+
+    client.session.handle_control(base, &reply);
+    let echoes = client.drain(base, base);
+    assert!(!echoes.is_empty(), "the client answers the reset");
+    let mut server: Option<Endpoint> = None;
+    let mut pending = Vec::new();
+    for packet in echoes {
+        if server.is_some() {
+            pending.push(packet);
+            continue;
+        }
+        let Ok(FirstPacket::Echo {
+            client_session: echo_client,
+            echoed,
+        }) = classify_first_packet(&responder, &packet)
+        else {
+            continue;
+        };
+        assert_eq!(echo_client, client_session);
+        if !jar.verify(
+            echoed,
+            echo_client,
+            client_address,
+            u64::from(verify_at_unix),
+        ) {
+            continue;
+        }
+        let mut session = Session::new_server_after_cookie(
+            server_config.clone(),
+            ControlCodec::new(protection(wrap, TlsRole::Server, 1), START_UNIX),
+            base,
+            START_UNIX,
+            random_source(seed + 1),
+            echoed,
+            echo_client,
+        )
+        .unwrap();
+        assert_eq!(session.local_session_id(), cookie);
+        session.handle_control(base, &packet);
+        assert_eq!(session.stats(), Default::default(), "the echo is accepted");
+        server = Some(Endpoint::new("server", session, base));
+    }
+    let server = server?;
+    let mut pair = Pair {
+        base,
+        now: base,
+        next_tick: base + Duration::from_secs(1),
+        client,
+        server,
+        link: LinkConfig::clean(),
+        rng: XorShift::new(seed),
+        in_flight: Vec::new(),
+        order: 0,
+        lost: 0,
+        duplicated: 0,
+        client_mode: true,
+        blackout_to_client_until: None,
+    };
+    for packet in pending {
+        pair.send(true, packet);
+    }
+    Some(pair)
+}
+
+#[test]
+fn a_cookie_server_session_completes_the_handshake_under_every_protection() {
+    let jar = cookie_jar();
+    for (index, wrap) in WRAPS.into_iter().enumerate() {
+        let mut pair = pair_through_cookie(wrap, &jar, None, START_UNIX + 20, 40 + index as u64)
+            .unwrap_or_else(|| panic!("{wrap:?}: no echo verified"));
+        assert!(
+            pair.establish(Duration::from_secs(30)),
+            "{wrap:?}: {}",
+            pair.describe()
+        );
+        assert_data_flows(&mut pair, PUSHED_PEER_ID);
+        // No packet of either side was refused: replay ids and message ids line up with the
+        // stateless reply.
+        for endpoint in [&pair.client, &pair.server] {
+            let stats = endpoint.session.stats();
+            assert_eq!(
+                (stats.unauthenticated, stats.replayed, stats.malformed),
+                (0, 0, 0),
+                "{wrap:?} {}: {stats:?}",
+                endpoint.name
+            );
+        }
+    }
+}
+
+#[test]
+fn a_wrong_or_expired_cookie_creates_no_session() {
+    let jar = cookie_jar();
+    for wrap in [WRAPS[1], Wrap::TlsCrypt] {
+        // The client echoes a cookie the server never made.
+        let forged = SessionId([1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(pair_through_cookie(wrap, &jar, Some(forged), START_UNIX, 3).is_none());
+        // A genuine cookie, echoed after the hand window: slots -2..=1 of 30 s each.
+        assert!(pair_through_cookie(wrap, &jar, None, START_UNIX + 120, 4).is_none());
+        // The same genuine cookie within the window does create one (the cases above fail
+        // for the cookie alone).
+        assert!(pair_through_cookie(wrap, &jar, None, START_UNIX + 30, 5).is_some());
+    }
+}
+
+#[test]
+fn only_resets_and_handshake_echoes_are_first_packets() {
+    let codec = ControlCodec::new(protection(WRAPS[1], TlsRole::Server, 1), START_UNIX);
+    let mut client = ControlCodec::new(protection(WRAPS[1], TlsRole::Client, 1), START_UNIX);
+    let mut other_key = ControlCodec::new(protection(WRAPS[1], TlsRole::Client, 2), START_UNIX);
+    let packet = |opcode, acks: Vec<u32>, message_id| super::packet::ControlPacket {
+        header: super::packet::ControlHeader {
+            opcode,
+            key_id: KeyId::ZERO,
+            session_id: SessionId([9; 8]),
+        },
+        body: super::packet::ControlBody {
+            remote_session_id: (!acks.is_empty()).then_some(SessionId([7; 8])),
+            acks,
+            message_id,
+            payload: &[],
+        },
+    };
+    let wire = |codec: &mut ControlCodec, p: &super::packet::ControlPacket<'_>| {
+        let mut out = Vec::new();
+        codec.encode(START_UNIX, p, &mut out).unwrap();
+        out
+    };
+    let reset = wire(
+        &mut client,
+        &packet(Opcode::HardResetClientV2, vec![], Some(0)),
+    );
+    assert_eq!(
+        classify_first_packet(&codec, &reset),
+        Ok(FirstPacket::Reset {
+            client_session: SessionId([9; 8])
+        })
+    );
+    let echo = wire(&mut client, &packet(Opcode::ControlV1, vec![0], Some(1)));
+    assert_eq!(
+        classify_first_packet(&codec, &echo),
+        Ok(FirstPacket::Echo {
+            client_session: SessionId([9; 8]),
+            echoed: SessionId([7; 8])
+        })
+    );
+    let ack = wire(&mut client, &packet(Opcode::AckV1, vec![0], None));
+    assert!(matches!(
+        classify_first_packet(&codec, &ack),
+        Ok(FirstPacket::Echo { .. })
+    ));
+    for refused in [
+        // No ack: nothing to check the cookie against.
+        packet(Opcode::ControlV1, vec![], Some(1)),
+        // Beyond the three-way handshake.
+        packet(Opcode::ControlV1, vec![0], Some(2)),
+        packet(Opcode::AckV1, vec![2], None),
+        packet(Opcode::HardResetServerV2, vec![], Some(0)),
+    ] {
+        let bytes = wire(&mut client, &refused);
+        assert_eq!(
+            classify_first_packet(&codec, &bytes),
+            Err(FirstPacketError::NotFirst),
+            "{:?}",
+            refused.header.opcode
+        );
+    }
+    let forged = wire(
+        &mut other_key,
+        &packet(Opcode::HardResetClientV2, vec![], Some(0)),
+    );
+    assert!(matches!(
+        classify_first_packet(&codec, &forged),
+        Err(FirstPacketError::Codec(_))
     ));
 }
