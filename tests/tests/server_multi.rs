@@ -91,8 +91,14 @@ fn start_server_with(lab: &Lab, subnet: &str, extra: &str) -> Daemon {
 /// Our server daemon in `ns` with its files in `dir`; the node name (which names its BPF pin
 /// directory) comes from the subnet, so tests running at once never share one.
 fn start_daemon(ns: &NetNs, dir: &Path, subnet: &str, extra: &str) -> Daemon {
-    let pki = Pki::shared().expect("PKI");
     let node = format!("mc{}", subnet.split('.').nth(1).expect("dotted subnet"));
+    start_named_daemon(ns, dir, &node, subnet, extra)
+}
+
+/// Like [`start_daemon`] with an explicit node name: two daemons on one host (each in its own
+/// namespace) must not share a BPF pin directory.
+fn start_named_daemon(ns: &NetNs, dir: &Path, node: &str, subnet: &str, extra: &str) -> Daemon {
+    let pki = Pki::shared().expect("PKI");
     let ccd = dir.join("ccd");
     std::fs::create_dir_all(&ccd).expect("ccd dir");
     std::fs::write(
@@ -544,8 +550,20 @@ fn failover_gap(subnet_octet: u8, graceful: bool) -> Duration {
     // Same tunnel subnet on both servers: the client's address and routes look the same.
     let subnet = format!("10.{subnet_octet}.0.0/24");
     let keepalive = "keepalive = { interval = 2, timeout = 10 }\n";
-    let mut daemon_one = start_daemon(&first, dirs[0].path(), &subnet, keepalive);
-    let _daemon_two = start_daemon(&second, dirs[1].path(), &subnet, keepalive);
+    let mut daemon_one = start_named_daemon(
+        &first,
+        dirs[0].path(),
+        &format!("fo{subnet_octet}-one"),
+        &subnet,
+        keepalive,
+    );
+    let _daemon_two = start_named_daemon(
+        &second,
+        dirs[1].path(),
+        &format!("fo{subnet_octet}-two"),
+        &subnet,
+        keepalive,
+    );
     let mut config = OpenVpnConfig::client(vec![
         SocketAddr::from(([172, 30, 1, 1], 1194)),
         SocketAddr::from(([172, 30, 2, 1], 1194)),
