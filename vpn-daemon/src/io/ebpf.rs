@@ -111,8 +111,7 @@ impl WanFilter {
             .load()
             .with_context(|| format!("loading {XDP_WAN_PROGRAM} into the kernel"))?;
         let (link, attached_mode) = attach_xdp(program, interface, mode)?;
-        let leak_link = match tc_program(&mut ebpf, TC_LEAK_PROGRAM)?
-            .attach(interface, TcAttachType::Egress)
+        let leak_link = match attach_tc(&mut ebpf, TC_LEAK_PROGRAM, interface, TcAttachType::Egress)
             .with_context(|| format!("attaching the leak guard to {interface} egress"))
         {
             Ok(link_id) => link_id,
@@ -215,8 +214,7 @@ impl WanFilter {
         if self.lan_link.is_some() {
             return Ok(());
         }
-        let link = tc_program(&mut self.ebpf, TC_STEER_PROGRAM)?
-            .attach(lan, TcAttachType::Ingress)
+        let link = attach_tc(&mut self.ebpf, TC_STEER_PROGRAM, lan, TcAttachType::Ingress)
             .with_context(|| format!("attaching steering to {lan} ingress"))?;
         tracing::info!(lan, "steering attached to LAN ingress");
         self.lan_link = Some((lan.to_owned(), link));
@@ -340,11 +338,13 @@ impl WanFilter {
             if self.tun_links.contains_key(device) {
                 continue;
             }
-            let attached = tc_program(&mut self.ebpf, TC_TUN_PROGRAM).and_then(|program| {
-                program
-                    .attach(device, TcAttachType::Ingress)
-                    .with_context(|| format!("attaching source policing to {device} ingress"))
-            });
+            let attached = attach_tc(
+                &mut self.ebpf,
+                TC_TUN_PROGRAM,
+                device,
+                TcAttachType::Ingress,
+            )
+            .with_context(|| format!("attaching source policing to {device} ingress"));
             match attached {
                 Ok(link) => {
                     tracing::info!(device, ifindex, "source policing attached to tun ingress");
@@ -596,6 +596,33 @@ impl Drop for WanFilter {
     fn drop(&mut self) {
         if let Err(error) = self.release() {
             tracing::error!(error = %format!("{error:#}"), "releasing the WAN filter");
+        }
+    }
+}
+
+/// Attaches the TC program `name` to `interface`. Kernels since 6.6 attach through TCX and need
+/// nothing else; older ones (the appliance image's 6.1) attach through netlink, which needs a
+/// clsact qdisc on the interface first: added only then, so TCX hosts keep their qdiscs as they were.
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    name: &str,
+    interface: &str,
+    attach_type: TcAttachType,
+) -> anyhow::Result<SchedClassifierLinkId> {
+    let program = tc_program(ebpf, name)?;
+    match program.attach(interface, attach_type) {
+        Ok(link) => Ok(link),
+        Err(first_error) => {
+            if let Err(error) = aya::programs::tc::qdisc_add_clsact(interface) {
+                // Most likely the qdisc is there already: then the first error is the one to tell.
+                tracing::debug!(interface, %error, "adding a clsact qdisc did not help");
+                return Err(first_error.into());
+            }
+            tracing::info!(
+                interface,
+                "added a clsact qdisc for TC programs (no TCX here)"
+            );
+            Ok(program.attach(interface, attach_type)?)
         }
     }
 }
