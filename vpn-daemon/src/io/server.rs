@@ -33,18 +33,20 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::netlink::Netlink;
 use super::tun::{TunDevice, TunQueue};
-use super::tunnel::TunnelRuntimeStatus;
+use super::tunnel::{
+    load_protection, set_nonblocking, spawn_named, wait_readable, ProtectionSource,
+    TunnelRuntimeStatus,
+};
 use super::udp_batch::{RecvBatch, SendBatch};
 use crate::config::ccd::{read_client_config, ClientConfig};
 use crate::config::{
     Addressing, Compress, Config, ControlProtection, TlsRole, Topology, Transport, Tunnel,
 };
-use crate::proto::control_codec::{ControlCodec, ControlCodecError, Protection};
+use crate::proto::control_codec::{ControlCodec, ControlCodecError};
 use crate::proto::data::{
     peek_data_key, CompressionFraming, DataError, ReceiveKey, Received, ReplayConfig, SendKey,
 };
 use crate::proto::framing::{encode_frame, FrameDecoder};
-use crate::proto::keys::StaticKey;
 use crate::proto::options::{options_string, OccOptions, OccTransport, PeerInfo, PushOptions};
 use crate::proto::packet::{peek_opcode, KeyId, Opcode};
 use crate::proto::server::{
@@ -55,8 +57,6 @@ use crate::proto::session::{
     Session, SessionConfig, SessionEnd, SessionEvent, SessionMode, TlsSetup,
 };
 use crate::proto::tls::{self, PeerChecks, PkiMaterial};
-use crate::proto::tls_auth::TlsAuth;
-use crate::proto::tls_crypt::TlsCrypt;
 
 /// Largest packet read from tun or the wire.
 const MAX_PACKET: usize = 65_535;
@@ -478,7 +478,7 @@ impl ServerRuntime {
             u32::try_from(session_config.handshake_window.as_secs()).unwrap_or(u32::MAX);
         let control = ControlTask {
             name: tunnel.name.clone(),
-            first_packets: ControlCodec::new(protection.build(), unix_now() as u32),
+            first_packets: ControlCodec::new(protection.build(TlsRole::Server), unix_now() as u32),
             cookie: SessionCookie::new(cookie_key, hand_window_secs),
             session_config,
             protection,
@@ -595,61 +595,6 @@ impl ServerRuntime {
     }
 }
 
-fn spawn_named(
-    name: String,
-    body: impl FnOnce() + Send + 'static,
-) -> anyhow::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(name.chars().take(15).collect())
-        .spawn(body)
-        .context("spawning a data-path thread")
-}
-
-/// The static key of the control-channel protection, read once; a codec per session.
-#[derive(Clone)]
-enum ProtectionSource {
-    None,
-    TlsAuth(
-        Arc<StaticKey>,
-        Option<crate::config::KeyDirection>,
-        crate::config::TlsAuthDigest,
-    ),
-    TlsCrypt(Arc<StaticKey>),
-}
-
-impl ProtectionSource {
-    fn build(&self) -> Protection {
-        match self {
-            ProtectionSource::None => Protection::None,
-            ProtectionSource::TlsAuth(key, direction, digest) => {
-                Protection::TlsAuth(TlsAuth::new(key, *direction, *digest))
-            }
-            ProtectionSource::TlsCrypt(key) => {
-                Protection::TlsCrypt(TlsCrypt::new(key, TlsRole::Server))
-            }
-        }
-    }
-}
-
-fn load_protection(protection: &ControlProtection) -> anyhow::Result<ProtectionSource> {
-    let read_key = |path: &std::path::Path| -> anyhow::Result<Arc<StaticKey>> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(Arc::new(
-            StaticKey::parse(&text).with_context(|| format!("parsing {}", path.display()))?,
-        ))
-    };
-    Ok(match protection {
-        ControlProtection::None => ProtectionSource::None,
-        ControlProtection::TlsAuth {
-            key,
-            direction,
-            digest,
-        } => ProtectionSource::TlsAuth(read_key(key)?, *direction, *digest),
-        ControlProtection::TlsCrypt { key } => ProtectionSource::TlsCrypt(read_key(key)?),
-    })
-}
-
 /// The session configuration every client session starts from; the push is per client.
 fn server_session_config(tunnel: &Tunnel, tls: TlsSetup) -> SessionConfig {
     let mode = SessionMode::Server {
@@ -694,18 +639,6 @@ fn server_session_config(tunnel: &Tunnel, tls: TlsSetup) -> SessionConfig {
 // ---------------------------------------------------------------------------------------------
 // Data path
 
-/// Waits until `fd` is readable or the poll interval passes.
-fn wait_readable(fd: i32) -> bool {
-    let mut pollfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `pollfd` is a valid, initialised pollfd that lives across the call; nfds is 1.
-    let ready = unsafe { libc::poll(&mut pollfd, 1, POLL_INTERVAL_MS) };
-    ready > 0
-}
-
 /// Waits until `fd` can be written or [`SEND_WAIT_MS`] pass.
 fn wait_writable(fd: i32) {
     let mut pollfd = libc::pollfd {
@@ -715,16 +648,6 @@ fn wait_writable(fd: i32) {
     };
     // SAFETY: `pollfd` is a valid, initialised pollfd that lives across the call; nfds is 1.
     unsafe { libc::poll(&mut pollfd, 1, SEND_WAIT_MS) };
-}
-
-fn set_nonblocking(fd: i32) {
-    // SAFETY: fcntl on an fd we own (borrowed for the call); F_GETFL/F_SETFL take an int.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
-    }
 }
 
 /// IPv4 source and destination of a packet, if it is IPv4.
@@ -1236,7 +1159,7 @@ impl ControlTask {
 
     fn make_session(&self, now: Instant) -> Option<Session> {
         let now_unix = unix_now() as u32;
-        let codec = ControlCodec::new(self.protection.build(), now_unix);
+        let codec = ControlCodec::new(self.protection.build(TlsRole::Server), now_unix);
         match Session::new(
             self.session_config.clone(),
             codec,
@@ -1331,7 +1254,8 @@ impl ControlTask {
                     .cookie
                     .server_session_id(client_session, from, now_unix);
                 // A fresh codec per reply: its replay id is 1, as OpenVPN's.
-                let mut codec = ControlCodec::new(self.protection.build(), now_unix as u32);
+                let mut codec =
+                    ControlCodec::new(self.protection.build(TlsRole::Server), now_unix as u32);
                 match stateless_reset_reply(&mut codec, now_unix as u32, cookie, client_session) {
                     Ok(wire) => {
                         counters.control_cookie_sent.fetch_add(1, Ordering::Relaxed);
@@ -1363,7 +1287,7 @@ impl ControlTask {
                     return;
                 }
                 let now_unix = unix_now() as u32;
-                let codec = ControlCodec::new(self.protection.build(), now_unix);
+                let codec = ControlCodec::new(self.protection.build(TlsRole::Server), now_unix);
                 let mut session = match Session::new_server_after_cookie(
                     self.session_config.clone(),
                     codec,

@@ -445,7 +445,7 @@ impl TunnelRuntime {
     }
 }
 
-fn spawn_named(
+pub(super) fn spawn_named(
     name: String,
     body: impl FnOnce() + Send + 'static,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -466,7 +466,7 @@ fn tls_role(tunnel: &Tunnel) -> TlsRole {
 
 /// The static key material of the control-channel protection, read once.
 #[derive(Clone)]
-enum ProtectionSource {
+pub(super) enum ProtectionSource {
     None,
     TlsAuth(
         Arc<StaticKey>,
@@ -476,7 +476,7 @@ enum ProtectionSource {
     TlsCrypt(Arc<StaticKey>),
 }
 
-fn load_protection(protection: &ControlProtection) -> anyhow::Result<ProtectionSource> {
+pub(super) fn load_protection(protection: &ControlProtection) -> anyhow::Result<ProtectionSource> {
     let read_key = |path: &std::path::Path| -> anyhow::Result<Arc<StaticKey>> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -496,7 +496,7 @@ fn load_protection(protection: &ControlProtection) -> anyhow::Result<ProtectionS
 }
 
 impl ProtectionSource {
-    fn build(&self, role: TlsRole) -> Protection {
+    pub(super) fn build(&self, role: TlsRole) -> Protection {
         match self {
             ProtectionSource::None => Protection::None,
             ProtectionSource::TlsAuth(key, direction, digest) => {
@@ -1047,7 +1047,7 @@ impl ControlTask {
 }
 
 /// Waits until `fd` is readable or the poll interval passes.
-fn wait_readable(fd: i32) -> bool {
+pub(super) fn wait_readable(fd: i32) -> bool {
     let mut pollfd = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -1239,7 +1239,7 @@ fn flush_batch(plane: &DataPlane, wire: &Wire, batch: &mut SendBatch, tcp_out: &
     plane.mark_sent();
 }
 
-fn set_nonblocking(fd: i32) {
+pub(super) fn set_nonblocking(fd: i32) {
     // SAFETY: fcntl on a descriptor we own; failure leaves it blocking, which poll() tolerates.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
