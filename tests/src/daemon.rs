@@ -12,6 +12,9 @@ use anyhow::{anyhow, bail, Context as _};
 
 use crate::{wait_for, NetNs};
 
+/// `RUST_LOG` of [`Daemon::start`].
+pub const DEFAULT_RUST_LOG: &str = "debug,vpn_ebpf=info";
+
 /// Path of the `vpn-daemon` binary, built by cargo if it is not up to date.
 pub fn binary() -> anyhow::Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -56,9 +59,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `vpn-daemon run --config CONFIG` in `ns`; its stderr goes to `log`.
+    /// Starts `vpn-daemon run --config CONFIG` in `ns`; its stderr goes to `log`. The daemon
+    /// logs at debug, its eBPF programs only at info (that is, not per packet: floods in the
+    /// tests would fill the log); pass `RUST_LOG` to [`Daemon::start_binary`] for more.
     pub fn start(ns: &NetNs, config: &Path, socket: &Path, log: &Path) -> anyhow::Result<Self> {
-        Self::start_binary(&binary()?, "debug", ns, config, socket, log)
+        Self::start_binary(&binary()?, DEFAULT_RUST_LOG, ns, config, socket, log)
     }
 
     /// Like [`Daemon::start`] with a given binary (e.g. a release build) and `RUST_LOG` value.

@@ -92,8 +92,16 @@ fn daemon_counts_wan_traffic_reloads_and_cleans_up() {
     let socket = dir.path().join("control.sock");
     let pin_dir = PathBuf::from("/sys/fs/bpf").join(&node);
 
-    let mut daemon =
-        Daemon::start(&site, &config, &socket, &dir.path().join("daemon.log")).unwrap();
+    // eBPF logging on at debug (debug builds): each drop below must be logged with its source.
+    let mut daemon = Daemon::start_binary(
+        &vpn_tests::daemon::binary().unwrap(),
+        "debug",
+        &site,
+        &config,
+        &socket,
+        &dir.path().join("daemon.log"),
+    )
+    .unwrap();
     let status = daemon.wait_ready(Duration::from_secs(20)).unwrap();
     assert_eq!(status["node"], node.as_str());
     assert_eq!(
@@ -144,6 +152,27 @@ fn daemon_counts_wan_traffic_reloads_and_cleans_up() {
         counter(&status, "non_ip") >= 1,
         "ARP from the peer is counted as non-IP"
     );
+
+    // Debug builds log each drop through aya-log, with its reason and source; release builds
+    // have no eBPF logging at all.
+    let dropped_line = "dropped a packet from unknown source ::ffff:10.77.0.2 to a tunnel port";
+    if vpn_daemon::io::ebpf_log::EBPF_LOGGING {
+        wait_for(
+            "the drops in the daemon log",
+            Duration::from_secs(10),
+            || (daemon.log().matches(dropped_line).count() as u64 >= TUNNEL_PACKETS).then_some(()),
+        )
+        .unwrap_or_else(|error| panic!("{error:#}; daemon log:\n{}", daemon.log()));
+        assert_eq!(
+            daemon.log().matches(dropped_line).count() as u64,
+            TUNNEL_PACKETS
+        );
+    } else {
+        assert!(
+            !daemon.log().contains("vpn_ebpf"),
+            "release build logged from eBPF"
+        );
+    }
 
     // A reload with an invalid config is refused and the running config stays in force.
     let good_config = std::fs::read_to_string(&config).unwrap();

@@ -48,12 +48,23 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!(summary = %config.summary(), "config loaded");
 
     let mut control = ControlSocket::bind(&config.node.control_socket)?;
-    let wan = WanFilter::attach(
+    let mut wan = WanFilter::attach(
         &config.node.name,
         &config.interfaces.wan,
         config.interfaces.xdp_mode,
     )
     .with_context(|| format!("setting up the WAN filter on {}", config.interfaces.wan))?;
+    let ebpf_log_task = match wan
+        .take_log_reader()
+        .map(|reader| reader.spawn())
+        .transpose()
+    {
+        Ok(task) => task,
+        Err(error) => {
+            wan.detach()?;
+            return Err(error);
+        }
+    };
     let netlink = Arc::new(Netlink::new().await.context("opening rtnetlink")?);
     let (events, _) = broadcast::channel(DAEMON_EVENT_CAPACITY);
     let mut tunnels = Vec::new();
@@ -108,6 +119,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         runtime.stop().await;
     }
     state.wan.detach()?;
+    if let Some(task) = ebpf_log_task {
+        task.abort();
+    }
     drop(control);
     tracing::info!("stopped");
     Ok(())

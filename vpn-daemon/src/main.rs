@@ -17,9 +17,20 @@ use vpn_daemon::{
 /// Where control sockets live unless the config says otherwise.
 const DEFAULT_SOCKET_DIR: &str = "/run/vpn-daemon";
 
+/// `--version`: also says whether the eBPF programs carry aya-log calls (debug builds only; the
+/// image build refuses a daemon that does).
+#[cfg(ebpf_log)]
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\neBPF logging: compiled in (debug build)"
+);
+#[cfg(not(ebpf_log))]
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\neBPF logging: not compiled in");
+
 #[derive(Parser)]
 #[command(
     version,
+    long_version = LONG_VERSION,
     about = "OpenVPN-compatible, eBPF-accelerated site-to-site VPN daemon"
 )]
 struct Cli {

@@ -17,7 +17,10 @@ use vpn_common::{
         WAN_PEERS_MAP, XDP_WAN_PROGRAM,
     },
 };
-use vpn_daemon::io::ebpf::EBPF_OBJECT;
+use vpn_daemon::io::{
+    ebpf::EBPF_OBJECT,
+    ebpf_log::{load_object, EbpfLogLevel, EbpfLogReader, EBPF_LOGGING},
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -397,7 +400,8 @@ fn xdp_wan_admits_peers_and_rate_limited_handshakes_only() {
         return;
     }
     pin_to_cpu0();
-    let mut ebpf = Ebpf::load(EBPF_OBJECT).expect("loading the eBPF object");
+    // Every log call live (debug builds), so the verifier checks the logging paths too.
+    let mut ebpf = load_object(EBPF_OBJECT, EbpfLogLevel::Trace).expect("loading the eBPF object");
     {
         let mut ports: HashMap<&mut MapData, TunnelPortKey, u8> =
             HashMap::try_from(ebpf.map_mut(TUNNEL_PORTS_MAP).unwrap()).unwrap();
@@ -486,7 +490,8 @@ fn xdp_wan_drop_cost() {
     if !vpn_tests::require_root("xdp_wan_drop_cost") {
         return;
     }
-    let mut ebpf = Ebpf::load(EBPF_OBJECT).expect("loading the eBPF object");
+    // No logging, as in a release build (whose object has no log calls at all).
+    let mut ebpf = load_object(EBPF_OBJECT, EbpfLogLevel::Off).expect("loading the eBPF object");
     {
         let mut ports: HashMap<&mut MapData, TunnelPortKey, u8> =
             HashMap::try_from(ebpf.map_mut(TUNNEL_PORTS_MAP).unwrap()).unwrap();
@@ -527,4 +532,120 @@ fn xdp_wan_drop_cost() {
     );
     let counted: u64 = counters(&ebpf)[WanCounter::DroppedUnknownSource as usize];
     assert_eq!(counted, u64::from(repeat), "every repetition counted");
+}
+
+/// Collects the log records the programs send, as the daemon's tracing forwarder would see them.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<(log::Level, String)>>>);
+
+impl log::Log for CapturedLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        let line = format!("{}: {}", record.target(), record.args());
+        self.0.lock().unwrap().push((record.level(), line));
+    }
+    fn flush(&self) {}
+}
+
+/// Debug builds log each drop with its reason and source, at the level the daemon asks for; a
+/// release build's object carries no log ring buffer at all.
+#[test]
+fn xdp_wan_logs_drops_in_debug_builds_only() {
+    if !vpn_tests::require_root("xdp_wan_logs_drops_in_debug_builds_only") {
+        return;
+    }
+    let unknown_source = ipv4(
+        [192, 0, 2, 77],
+        IPPROTO_UDP,
+        0,
+        0,
+        &udp(SERVER_PORT, &openvpn(9, 0, 100)),
+    );
+    let handshake = ipv4(
+        [192, 0, 2, 78],
+        IPPROTO_UDP,
+        0,
+        0,
+        &udp(SERVER_PORT, &hard_reset_v2()),
+    );
+    let run = |level: EbpfLogLevel| -> Option<Vec<(log::Level, String)>> {
+        let mut ebpf = load_object(EBPF_OBJECT, level).expect("loading the eBPF object");
+        {
+            let mut ports: HashMap<&mut MapData, TunnelPortKey, u8> =
+                HashMap::try_from(ebpf.map_mut(TUNNEL_PORTS_MAP).unwrap()).unwrap();
+            let open = PORT_LISTENING | PORT_ACCEPTS_NEW_PEERS;
+            ports
+                .insert(TunnelPortKey::new(IPPROTO_UDP, SERVER_PORT), open, 0)
+                .unwrap();
+        }
+        set_admission(
+            &mut ebpf,
+            AdmissionConfig {
+                handshakes_per_sec_per_cpu: 0,
+                handshake_burst: 1,
+                pending_ttl_ns: 0,
+            },
+        );
+        let captured = CapturedLog::default();
+        let reader = EbpfLogReader::take(&mut ebpf, captured.clone()).unwrap();
+        let program: &mut Xdp = ebpf
+            .program_mut(XDP_WAN_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        program.load().unwrap();
+        for frame in [&unknown_source, &handshake] {
+            let result = program
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(
+                result.return_value,
+                if frame == &handshake {
+                    XDP_PASS
+                } else {
+                    XDP_DROP
+                }
+            );
+        }
+        let mut reader = reader?;
+        reader.flush();
+        let records = captured.0.lock().unwrap().clone();
+        Some(records)
+    };
+
+    if !EBPF_LOGGING {
+        assert!(run(EbpfLogLevel::Trace).is_none());
+        let ebpf = load_object(EBPF_OBJECT, EbpfLogLevel::Off).unwrap();
+        assert!(
+            ebpf.maps().all(|(name, _)| name != "AYA_LOGS"),
+            "a release object must not carry the log ring buffer"
+        );
+        eprintln!("release build: no eBPF logging, as intended");
+        return;
+    }
+    let trace = run(EbpfLogLevel::Trace).expect("debug builds log");
+    assert_eq!(
+        trace,
+        vec![
+            (
+                log::Level::Debug,
+                "vpn_ebpf::xdp_wan: xdp_wan: dropped a packet from unknown source ::ffff:192.0.2.77 to a tunnel port"
+                    .to_owned()
+            ),
+            (
+                log::Level::Trace,
+                "vpn_ebpf::xdp_wan: xdp_wan: admitted a first handshake packet from ::ffff:192.0.2.78"
+                    .to_owned()
+            ),
+        ]
+    );
+    // At debug the admission (trace) is not logged; at the default level (info) nothing is.
+    let debug = run(EbpfLogLevel::Debug).unwrap();
+    assert_eq!(debug, trace[..1].to_vec());
+    assert_eq!(run(EbpfLogLevel::Info).unwrap(), vec![]);
 }

@@ -20,6 +20,7 @@ use vpn_common::{
 };
 
 use crate::{
+    log::{debug, trace},
     maps::{count, LINK_GROUPS, LINK_PACKETS, STEER_COUNTERS, STEER_ROUTES},
     packet::{load_net, parse_ip, IpHeader, ETH_HDR_LEN},
 };
@@ -28,6 +29,14 @@ use crate::{
 pub fn tc_lan_ingress(ctx: TcContext) -> i32 {
     let (counter, verdict) = steer(&ctx);
     count(&STEER_COUNTERS, counter as u32);
+    match counter {
+        SteerCounter::Redirected | SteerCounter::NotSteered | SteerCounter::Unparsed => {}
+        // A steered prefix that fell back to the kernel route: worth seeing when debugging.
+        _ => debug!(
+            &ctx,
+            "tc_lan: left a steered packet to the stack (counter {})", counter as u32
+        ),
+    }
     verdict
 }
 
@@ -100,7 +109,8 @@ fn steer(ctx: &TcContext) -> (SteerCounter, i32) {
             flow.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
         }
     }
-    let Some(slot) = choose_link(group, flow_hash(&flow)) else {
+    let hash = flow_hash(&flow);
+    let Some(slot) = choose_link(group, hash) else {
         return (SteerCounter::NoLiveLink, TC_ACT_OK);
     };
     // The verifier needs the slot bounded by the array, whatever LLVM proved.
@@ -127,6 +137,13 @@ fn steer(ctx: &TcContext) -> (SteerCounter, i32) {
     if verdict == TC_ACT_SHOT {
         return (SteerCounter::NoLiveLink, TC_ACT_OK);
     }
+    trace!(
+        ctx,
+        "tc_lan: steered flow hash {} of group {} to ifindex {}",
+        hash,
+        group_id,
+        ifindex
+    );
     (SteerCounter::Redirected, verdict)
 }
 

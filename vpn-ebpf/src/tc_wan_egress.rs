@@ -8,27 +8,35 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use vpn_common::{leak::LeakCounter, wan::PeerKey, PrefixKey};
+use vpn_common::{leak::LeakCounter, wan::PeerKey, Addr16, PrefixKey};
 
 use crate::{
+    log::debug,
     maps::{count, LEAK_COUNTERS, PROTECTED, WAN_PEERS},
     packet::parse_ip,
 };
 
 #[classifier]
 pub fn tc_wan_egress(ctx: TcContext) -> i32 {
-    let counter = guard(&ctx);
+    let (counter, dst) = guard(&ctx);
     count(&LEAK_COUNTERS, counter as u32);
     match counter {
-        LeakCounter::DroppedProtected => TC_ACT_SHOT,
+        LeakCounter::DroppedProtected => {
+            debug!(
+                &ctx,
+                "tc_wan_egress: dropped a packet to protected {:i} leaving in the clear", dst
+            );
+            TC_ACT_SHOT
+        }
         _ => TC_ACT_OK,
     }
 }
 
 #[inline(always)]
-fn guard(ctx: &TcContext) -> LeakCounter {
+/// The counter this packet bumps, and its destination (zero when not parsed).
+fn guard(ctx: &TcContext) -> (LeakCounter, Addr16) {
     let Ok(header) = parse_ip(ctx) else {
-        return LeakCounter::Unparsed;
+        return (LeakCounter::Unparsed, [0; 16]);
     };
     // Every fragment carries the destination, so fragments are judged like whole packets.
     if PROTECTED
@@ -36,7 +44,7 @@ fn guard(ctx: &TcContext) -> LeakCounter {
         .is_none()
         || WAN_PEERS.get_ptr(PeerKey { addr: header.dst }).is_some()
     {
-        return LeakCounter::Passed;
+        return (LeakCounter::Passed, header.dst);
     }
-    LeakCounter::DroppedProtected
+    (LeakCounter::DroppedProtected, header.dst)
 }

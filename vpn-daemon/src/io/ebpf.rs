@@ -41,7 +41,13 @@ use vpn_common::{
     PrefixKey, BPF_FS_ROOT,
 };
 
-use crate::{config, io::ebpf_plan::FastPathPlan};
+use crate::{
+    config,
+    io::{
+        ebpf_log::{load_object, EbpfLogLevel, EbpfLogReader, TracingLog, EBPF_LOG_TARGET},
+        ebpf_plan::FastPathPlan,
+    },
+};
 
 /// Every map of the object; all are pinned under `/sys/fs/bpf/<node>/`.
 const ALL_MAPS: [&str; 14] = [
@@ -76,6 +82,8 @@ pub struct WanFilter {
     attached_mode: &'static str,
     pin_dir: PathBuf,
     leak_link: Option<SchedClassifierLinkId>,
+    /// The programs' log (debug builds), until the daemon takes it to forward it.
+    log_reader: Option<EbpfLogReader<TracingLog>>,
     /// (LAN interface, link) once steering is attached.
     lan_link: Option<(String, SchedClassifierLinkId)>,
     /// tun device -> (ifindex it had when attached, link).
@@ -100,7 +108,12 @@ impl WanFilter {
         let pin_dir = Path::new(BPF_FS_ROOT).join(node);
         remove_pin_dir(&pin_dir).context("removing stale pins of an earlier run")?;
 
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading the eBPF object")?;
+        let log_level = EbpfLogLevel::from_tracing();
+        let mut ebpf = load_object(EBPF_OBJECT, log_level)?;
+        let log_reader = EbpfLogReader::take(&mut ebpf, TracingLog)?;
+        if log_reader.is_some() {
+            tracing::info!(level = ?log_level, "eBPF logging on (debug build; RUST_LOG target {EBPF_LOG_TARGET})");
+        }
         for name in [TC_LEAK_PROGRAM, TC_TUN_PROGRAM, TC_STEER_PROGRAM] {
             tc_program(&mut ebpf, name)?
                 .load()
@@ -128,6 +141,7 @@ impl WanFilter {
             attached_mode,
             pin_dir,
             leak_link: Some(leak_link),
+            log_reader,
             lan_link: None,
             tun_links: BTreeMap::new(),
             tunnel_ports: BTreeMap::new(),
@@ -149,6 +163,11 @@ impl WanFilter {
         }
         tracing::info!(interface, mode = attached_mode, pin_dir = %filter.pin_dir.display(), "XDP and leak guard attached to WAN");
         Ok(filter)
+    }
+
+    /// The programs' log reader (debug builds only), for the caller to spawn; `None` afterwards.
+    pub fn take_log_reader(&mut self) -> Option<EbpfLogReader<TracingLog>> {
+        self.log_reader.take()
     }
 
     pub fn interface(&self) -> &str {

@@ -326,6 +326,19 @@ fn build_daemon() -> anyhow::Result<Vec<u8>> {
             .current_dir(workspace_root()),
     )?;
     let binary = target_dir().join(DAEMON_TARGET).join("release/vpn-daemon");
+    // eBPF logging is for debug builds; a release object must not carry it (say, a leftover
+    // VPN_EBPF_LOG=1 in the environment).
+    let version = Command::new(&binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", binary.display()))?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    if !version.contains("eBPF logging: not compiled in") {
+        bail!(
+            "{} has eBPF logging compiled in (unset VPN_EBPF_LOG): {version}",
+            binary.display()
+        );
+    }
     let stripped = binary.with_file_name("vpn-daemon.stripped");
     run_command(
         Command::new("objcopy")
