@@ -45,3 +45,44 @@ pub fn send_raw_frame(ifname: &str, frame: &[u8]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// IPv6 extension header types the eBPF programs walk.
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+/// The bytes after an IPv6 fixed header: `extensions` (each its type and its bytes after the
+/// next-header byte, which this fills in), then `l4`. Returns the fixed header's next-header
+/// value with them.
+pub fn ipv6_extension_chain(
+    extensions: &[(u8, Vec<u8>)],
+    protocol: u8,
+    l4: &[u8],
+) -> (u8, Vec<u8>) {
+    let mut chain = Vec::new();
+    for (index, (_, body)) in extensions.iter().enumerate() {
+        let next = extensions
+            .get(index + 1)
+            .map_or(protocol, |(kind, _)| *kind);
+        chain.push(next);
+        chain.extend_from_slice(body);
+    }
+    chain.extend_from_slice(l4);
+    let first = extensions.first().map_or(protocol, |(kind, _)| *kind);
+    (first, chain)
+}
+
+/// A hop-by-hop or destination options header holding one PadN option: 8 bytes in all.
+pub fn ipv6_options_header(kind: u8) -> (u8, Vec<u8>) {
+    (kind, vec![0, 1, 4, 0, 0, 0, 0])
+}
+
+/// A fragment header for `offset` (in 8-byte units), more fragments following.
+pub fn ipv6_fragment_header(offset: u16) -> (u8, Vec<u8>) {
+    let mut body = vec![0];
+    body.extend_from_slice(&(offset << 3 | 1).to_be_bytes());
+    body.extend_from_slice(&[0, 0, 0, 42]);
+    (IPPROTO_FRAGMENT, body)
+}

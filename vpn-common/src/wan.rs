@@ -112,7 +112,8 @@ pub const MAX_HANDSHAKE_RATE: u32 = 1_000_000;
 pub enum WanCounter {
     /// To a tunnel port from a configured or connected peer: passed.
     TunnelFromPeer = 0,
-    /// IP traffic that is not for a tunnel port (including non-first fragments): passed.
+    /// IP traffic that is not for a tunnel port (including non-first fragments, IPv4 or IPv6):
+    /// passed.
     OtherIp = 1,
     /// Not IPv4/IPv6 (ARP, LLDP, ...): passed.
     NonIp = 2,
@@ -128,10 +129,13 @@ pub enum WanCounter {
     /// From an unknown source and not a first handshake packet (or on a port that accepts no
     /// new peers): dropped.
     DroppedUnknownSource = 7,
+    /// IPv6 with more extension headers than XDP walks (six): dropped, as its transport port
+    /// cannot be checked and it could otherwise slip past admission.
+    DroppedLongHeaderChain = 8,
 }
 
 impl WanCounter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [WanCounter; Self::COUNT as usize] = [
         Self::TunnelFromPeer,
         Self::OtherIp,
@@ -141,6 +145,7 @@ impl WanCounter {
         Self::HandshakeInProgress,
         Self::DroppedHandshakeRate,
         Self::DroppedUnknownSource,
+        Self::DroppedLongHeaderChain,
     ];
 
     /// Stable name used in `vpn-daemon status` and its JSON.
@@ -154,6 +159,7 @@ impl WanCounter {
             Self::HandshakeInProgress => "handshake_in_progress",
             Self::DroppedHandshakeRate => "dropped_handshake_rate",
             Self::DroppedUnknownSource => "dropped_unknown_source",
+            Self::DroppedLongHeaderChain => "dropped_long_header_chain",
         }
     }
 }

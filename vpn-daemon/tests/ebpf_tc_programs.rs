@@ -33,6 +33,10 @@ use vpn_common::{
     PrefixKey, IPPROTO_TCP, IPPROTO_UDP,
 };
 use vpn_daemon::io::ebpf::EBPF_OBJECT;
+use vpn_tests::packet::{
+    ipv6_extension_chain, ipv6_fragment_header, ipv6_options_header, IPPROTO_DSTOPTS,
+    IPPROTO_FRAGMENT, IPPROTO_HOPOPTS,
+};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -452,6 +456,75 @@ fn tc_lan_ingress_steers_flows_by_rendezvous_hash() {
             (
                 name,
                 frame,
+                1,
+                SteerCounter::Redirected as usize,
+                TC_ACT_REDIRECT,
+            ),
+        );
+        assert_eq!(link_packets(&ebpf, fragment_link), before + 1, "{name}");
+    }
+
+    // IPv6 extension headers are walked to the ports: each flow lands on its predicted link.
+    for flow in 0..24u16 {
+        let key = FlowKey {
+            src: words("fd01::5".parse().unwrap()),
+            dst: words("fd02::9".parse().unwrap()),
+            src_port: 7000 + flow,
+            dst_port: 53,
+            protocol: IPPROTO_UDP,
+        };
+        let ifindex = group.links[choose_link(&group, flow_hash(&key)).unwrap()].ifindex;
+        let (first, chain) = ipv6_extension_chain(
+            &[
+                ipv6_options_header(IPPROTO_HOPOPTS),
+                ipv6_options_header(IPPROTO_DSTOPTS),
+            ],
+            IPPROTO_UDP,
+            &ports(7000 + flow, 53),
+        );
+        let before = link_packets(&ebpf, ifindex);
+        check(
+            &ebpf,
+            TC_STEER_PROGRAM,
+            STEER_COUNTERS_MAP,
+            &names,
+            (
+                "ipv6 flow behind extension headers",
+                ipv6("fd01::5", "fd02::9", first, &chain),
+                1,
+                SteerCounter::Redirected as usize,
+                TC_ACT_REDIRECT,
+            ),
+        );
+        assert_eq!(
+            link_packets(&ebpf, ifindex),
+            before + 1,
+            "ipv6 flow {flow} went to ifindex {ifindex}"
+        );
+    }
+    // IPv6 fragments, first or later, hash alike (without ports), so a datagram stays on one link.
+    let fragment_key = FlowKey {
+        src: words("fd01::5".parse().unwrap()),
+        dst: words("fd02::9".parse().unwrap()),
+        protocol: IPPROTO_FRAGMENT,
+        ..FlowKey::default()
+    };
+    let fragment_link = group.links[choose_link(&group, flow_hash(&fragment_key)).unwrap()].ifindex;
+    for (name, offset, l4) in [
+        ("ipv6 first fragment", 0, ports(1, 2)),
+        ("ipv6 later fragment", 185, vec![0; 8]),
+    ] {
+        let (first, chain) =
+            ipv6_extension_chain(&[ipv6_fragment_header(offset)], IPPROTO_UDP, &l4);
+        let before = link_packets(&ebpf, fragment_link);
+        check(
+            &ebpf,
+            TC_STEER_PROGRAM,
+            STEER_COUNTERS_MAP,
+            &names,
+            (
+                name,
+                ipv6("fd01::5", "fd02::9", first, &chain),
                 1,
                 SteerCounter::Redirected as usize,
                 TC_ACT_REDIRECT,

@@ -21,11 +21,14 @@ use vpn_daemon::io::{
     ebpf::EBPF_OBJECT,
     ebpf_log::{load_object, EbpfLogLevel, EbpfLogReader, EBPF_LOGGING},
 };
+use vpn_tests::packet::{
+    ipv6_extension_chain, ipv6_fragment_header, ipv6_options_header, IPPROTO_AH, IPPROTO_DSTOPTS,
+    IPPROTO_HOPOPTS, IPPROTO_ROUTING,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_HOPOPTS: u8 = 0;
 /// A server port (accepts new peers), a p2p port with a fixed remote, a TCP server port.
 const SERVER_PORT: u16 = 1194;
 const P2P_PORT: u16 = 1195;
@@ -93,6 +96,12 @@ fn ipv6(src: Ipv6Addr, next_header: u8, l4: &[u8]) -> Vec<u8> {
     ethernet(0x86DD, &packet)
 }
 
+/// An IPv6 packet with `extensions` between its fixed header and `protocol`'s `l4`.
+fn ipv6_chain(src: Ipv6Addr, extensions: &[(u8, Vec<u8>)], protocol: u8, l4: &[u8]) -> Vec<u8> {
+    let (first, chain) = ipv6_extension_chain(extensions, protocol, l4);
+    ipv6(src, first, &chain)
+}
+
 fn peer_v6() -> Ipv6Addr {
     "fd00::9".parse().unwrap()
 }
@@ -102,6 +111,7 @@ type Case = (&'static str, Vec<u8>, WanCounter);
 fn cases() -> Vec<Case> {
     use WanCounter::*;
     let unknown = |n: u8| [10, 0, 0, n];
+    let unknown_v6: Ipv6Addr = "fd00::66".parse().unwrap();
     let mut truncated_udp = ipv4(PEER, IPPROTO_UDP, 0, 0, &udp(SERVER_PORT, &[]));
     truncated_udp.truncate(14 + 20 + 3);
     let mut truncated_ipv4 = ipv4(PEER, IPPROTO_UDP, 0, 0, &udp(SERVER_PORT, &[]));
@@ -317,9 +327,102 @@ fn cases() -> Vec<Case> {
             ),
             OtherIp,
         ),
+        // IPv6 extension headers are walked to the transport header.
         (
-            "ipv6 hop-by-hop header first",
-            ipv6(peer_v6(), IPPROTO_HOPOPTS, &udp(SERVER_PORT, &data_v2)),
+            "ipv6 hop-by-hop header before a peer's udp",
+            ipv6_chain(
+                peer_v6(),
+                &[ipv6_options_header(IPPROTO_HOPOPTS)],
+                IPPROTO_UDP,
+                &udp(SERVER_PORT, &data_v2),
+            ),
+            TunnelFromPeer,
+        ),
+        (
+            "ipv6 hop-by-hop, routing, destination options before an unknown source's udp",
+            ipv6_chain(
+                unknown_v6,
+                &[
+                    ipv6_options_header(IPPROTO_HOPOPTS),
+                    (IPPROTO_ROUTING, vec![0, 0, 0, 0, 0, 0, 0]),
+                    ipv6_options_header(IPPROTO_DSTOPTS),
+                ],
+                IPPROTO_UDP,
+                &udp(SERVER_PORT, &data_v2),
+            ),
+            DroppedUnknownSource,
+        ),
+        (
+            "ipv6 authentication header before an unknown source's udp",
+            ipv6_chain(
+                unknown_v6,
+                &[(IPPROTO_AH, {
+                    // Payload length 4: (4 + 2) * 4 = 24 bytes in all.
+                    let mut body = vec![4];
+                    body.resize(23, 0xa5);
+                    body
+                })],
+                IPPROTO_UDP,
+                &udp(SERVER_PORT, &data_v2),
+            ),
+            DroppedUnknownSource,
+        ),
+        (
+            "ipv6 first fragment is judged on its port",
+            ipv6_chain(
+                unknown_v6,
+                &[ipv6_fragment_header(0)],
+                IPPROTO_UDP,
+                &udp(SERVER_PORT, &data_v2),
+            ),
+            DroppedUnknownSource,
+        ),
+        (
+            "ipv6 later fragment has no port",
+            ipv6_chain(
+                unknown_v6,
+                &[ipv6_fragment_header(185)],
+                IPPROTO_UDP,
+                &data_v2,
+            ),
+            OtherIp,
+        ),
+        (
+            "ipv6 six extension headers are walked",
+            ipv6_chain(
+                unknown_v6,
+                &vec![ipv6_options_header(IPPROTO_DSTOPTS); 6],
+                IPPROTO_UDP,
+                &udp(SERVER_PORT, &data_v2),
+            ),
+            DroppedUnknownSource,
+        ),
+        (
+            "ipv6 seven extension headers are too many",
+            ipv6_chain(
+                unknown_v6,
+                &vec![ipv6_options_header(IPPROTO_DSTOPTS); 7],
+                IPPROTO_UDP,
+                &udp(SERVER_PORT, &data_v2),
+            ),
+            DroppedLongHeaderChain,
+        ),
+        (
+            "ipv6 extension header past the end",
+            ipv6_chain(
+                unknown_v6,
+                &[
+                    ipv6_options_header(IPPROTO_HOPOPTS),
+                    (IPPROTO_DSTOPTS, vec![200]),
+                ],
+                IPPROTO_UDP,
+                &[],
+            ),
+            Malformed,
+        ),
+        (
+            "ipv6 esp is not walked",
+            ipv6_chain(unknown_v6, &[], 50, &udp(SERVER_PORT, &data_v2)),
             OtherIp,
         ),
         (
@@ -377,7 +480,9 @@ fn run_case(ebpf: &Ebpf, (name, frame, expected): &Case) {
         .unwrap_or_else(|error| panic!("{name}: test run failed: {error}"));
     let dropped = matches!(
         expected,
-        WanCounter::DroppedHandshakeRate | WanCounter::DroppedUnknownSource
+        WanCounter::DroppedHandshakeRate
+            | WanCounter::DroppedUnknownSource
+            | WanCounter::DroppedLongHeaderChain
     );
     let verdict = if dropped { XDP_DROP } else { XDP_PASS };
     assert_eq!(result.return_value, verdict, "{name}: verdict");

@@ -11,6 +11,82 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const IPV6_HDR_LEN: usize = 40;
 pub const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// How many IPv6 extension headers are walked to reach the transport header. RFC 8200's
+/// recommended order has at most six before it; a longer chain is not something a peer sends.
+pub const MAX_IPV6_EXTENSIONS: usize = 6;
+
+/// Where an IPv6 packet's transport header is, after its extension headers.
+pub enum Ipv6Transport {
+    /// `protocol` starts at `offset`; `fragment` when it is the first fragment of a datagram.
+    Found {
+        protocol: u8,
+        offset: usize,
+        fragment: bool,
+    },
+    /// A fragment after the first: it has no transport header.
+    LaterFragment,
+    /// An extension header runs past the end of the packet.
+    Truncated,
+    /// More than [`MAX_IPV6_EXTENSIONS`] extension headers.
+    TooLong,
+}
+
+/// Walks the extension headers starting with `next_header` at `offset`. `read4` returns the
+/// first 4 bytes at an offset (enough for every extension header's next-header and length).
+#[inline(always)]
+pub fn walk_ipv6_extensions(
+    mut next_header: u8,
+    mut offset: usize,
+    read4: impl Fn(usize) -> Option<[u8; 4]>,
+) -> Ipv6Transport {
+    let mut fragment = false;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        let length = match next_header {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+                let Some(bytes) = read4(offset) else {
+                    return Ipv6Transport::Truncated;
+                };
+                let length = match next_header {
+                    IPPROTO_FRAGMENT => {
+                        // The offset in 8-byte units sits above the 3 flag bits.
+                        if u16::from_be_bytes([bytes[2], bytes[3]]) >> 3 != 0 {
+                            return Ipv6Transport::LaterFragment;
+                        }
+                        fragment = true;
+                        8
+                    }
+                    IPPROTO_AH => (bytes[1] as usize + 2) * 4,
+                    _ => (bytes[1] as usize + 1) * 8,
+                };
+                next_header = bytes[0];
+                length
+            }
+            _ => {
+                return Ipv6Transport::Found {
+                    protocol: next_header,
+                    offset,
+                    fragment,
+                }
+            }
+        };
+        offset += length;
+    }
+    match next_header {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            Ipv6Transport::TooLong
+        }
+        _ => Ipv6Transport::Found {
+            protocol: next_header,
+            offset,
+            fragment,
+        },
+    }
+}
 
 /// Reads a `T` at `offset` from `start` if it lies wholly before `end` (XDP direct access).
 #[inline(always)]
@@ -56,7 +132,8 @@ pub struct IpHeader {
     pub protocol: u8,
     /// Offset of the transport header from the network header.
     pub l4_offset: u32,
-    /// A fragment of any kind (its ports, if any, are not used).
+    /// The ports must not be used: a fragment of any kind (later fragments of the datagram have
+    /// none, and all must hash alike), or an IPv6 header chain too long or cut short to walk.
     pub fragment: bool,
     pub ipv6: bool,
 }
@@ -98,12 +175,32 @@ pub fn parse_ip(ctx: &TcContext) -> Result<IpHeader, IpError> {
             let mut dst = [0u8; 16];
             src.copy_from_slice(&first[8..24]);
             dst.copy_from_slice(&first[24..40]);
+            let (protocol, l4_offset, fragment) =
+                match walk_ipv6_extensions(first[6], IPV6_HDR_LEN, |offset| {
+                    load_net::<[u8; 4]>(ctx, offset as u32)
+                }) {
+                    Ipv6Transport::Found {
+                        protocol,
+                        offset,
+                        fragment: false,
+                    } => (protocol, offset as u32, false),
+                    // Only the first fragment names the transport protocol; all of them are
+                    // labelled alike so that a datagram's fragments hash (and travel) together.
+                    Ipv6Transport::Found { fragment: true, .. } | Ipv6Transport::LaterFragment => {
+                        (IPPROTO_FRAGMENT, IPV6_HDR_LEN as u32, true)
+                    }
+                    // The addresses are all the TC programs must have; a chain that cannot be
+                    // walked is judged, and hashed, by them alone.
+                    Ipv6Transport::Truncated | Ipv6Transport::TooLong => {
+                        (first[6], IPV6_HDR_LEN as u32, true)
+                    }
+                };
             Ok(IpHeader {
                 src,
                 dst,
-                protocol: first[6],
-                l4_offset: IPV6_HDR_LEN as u32,
-                fragment: first[6] == IPPROTO_FRAGMENT,
+                protocol,
+                l4_offset,
+                fragment,
                 ipv6: true,
             })
         }

@@ -22,7 +22,10 @@ use crate::{
         count, ADMISSION_CONFIG, HANDSHAKE_BUCKET, TUNNEL_PORTS, WAN_COUNTERS, WAN_PEERS,
         WAN_PENDING,
     },
-    packet::{read, read_be16, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6, IPV6_HDR_LEN},
+    packet::{
+        read, read_be16, walk_ipv6_extensions, Ipv6Transport, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6,
+        IPV6_HDR_LEN,
+    },
 };
 
 const UDP_HDR_LEN: usize = 8;
@@ -48,6 +51,13 @@ pub fn xdp_wan(ctx: XdpContext) -> u32 {
             debug!(
                 &ctx,
                 "xdp_wan: dropped a packet from unknown source {:i} to a tunnel port", src
+            );
+            xdp_action::XDP_DROP
+        }
+        WanCounter::DroppedLongHeaderChain => {
+            debug!(
+                &ctx,
+                "xdp_wan: dropped IPv6 from {:i}: too many extension headers", src
             );
             xdp_action::XDP_DROP
         }
@@ -94,9 +104,20 @@ fn classify(ctx: &XdpContext) -> (WanCounter, Addr16) {
             };
             let mut src = [0u8; 16];
             src.copy_from_slice(&header[8..24]);
-            // Extension headers are not walked: OpenVPN never sends them, and such packets
-            // (including IPv6 fragments) are plain IP traffic to us.
-            (header[6], ETH_HDR_LEN + IPV6_HDR_LEN, src)
+            let walked = walk_ipv6_extensions(header[6], ETH_HDR_LEN + IPV6_HDR_LEN, |offset| {
+                read::<[u8; 4]>(start, end, offset)
+            });
+            match walked {
+                // A first fragment has the ports and is judged on them; the later ones are
+                // useless without it.
+                Ipv6Transport::Found {
+                    protocol, offset, ..
+                } => (protocol, offset, src),
+                Ipv6Transport::LaterFragment => return (WanCounter::OtherIp, src),
+                Ipv6Transport::Truncated => return (WanCounter::Malformed, src),
+                // Its port cannot be checked, so it could be a way around admission.
+                Ipv6Transport::TooLong => return (WanCounter::DroppedLongHeaderChain, src),
+            }
         }
         _ => return (WanCounter::NonIp, NO_ADDR),
     };
