@@ -595,48 +595,56 @@ fn xdp_wan_drop_cost() {
     if !vpn_tests::require_root("xdp_wan_drop_cost") {
         return;
     }
-    // No logging, as in a release build (whose object has no log calls at all).
-    let mut ebpf = load_object(EBPF_OBJECT, EbpfLogLevel::Off).expect("loading the eBPF object");
-    {
-        let mut ports: HashMap<&mut MapData, TunnelPortKey, u8> =
-            HashMap::try_from(ebpf.map_mut(TUNNEL_PORTS_MAP).unwrap()).unwrap();
-        ports
-            .insert(
-                TunnelPortKey::new(IPPROTO_UDP, SERVER_PORT),
-                PORT_LISTENING,
-                0,
-            )
+    // Off is what a release build does (its object has no log calls at all); debug builds also
+    // show what logging every drop costs (the ring buffer fills, then each reserve fails).
+    let levels: &[EbpfLogLevel] = if EBPF_LOGGING {
+        &[EbpfLogLevel::Off, EbpfLogLevel::Debug]
+    } else {
+        &[EbpfLogLevel::Off]
+    };
+    for &level in levels {
+        let mut ebpf = load_object(EBPF_OBJECT, level).expect("loading the eBPF object");
+        {
+            let mut ports: HashMap<&mut MapData, TunnelPortKey, u8> =
+                HashMap::try_from(ebpf.map_mut(TUNNEL_PORTS_MAP).unwrap()).unwrap();
+            ports
+                .insert(
+                    TunnelPortKey::new(IPPROTO_UDP, SERVER_PORT),
+                    PORT_LISTENING,
+                    0,
+                )
+                .unwrap();
+        }
+        let program: &mut Xdp = ebpf
+            .program_mut(XDP_WAN_PROGRAM)
+            .unwrap()
+            .try_into()
             .unwrap();
+        program.load().unwrap();
+        let frame = ipv4(
+            [10, 0, 0, 2],
+            IPPROTO_UDP,
+            0,
+            0,
+            &udp(SERVER_PORT, &openvpn(9, 0, 100)),
+        );
+        let repeat = 1_000_000;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                repeat,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(result.return_value, XDP_DROP);
+        let ns_per_packet = result.duration.as_nanos() as f64;
+        eprintln!(
+            "xdp_wan drop path, eBPF log level {level:?}: {ns_per_packet:.0} ns per packet in the kernel (BPF_PROG_TEST_RUN, repeat {repeat}), {:.1} Mpps per core",
+            1e3 / ns_per_packet.max(1.0)
+        );
+        let counted: u64 = counters(&ebpf)[WanCounter::DroppedUnknownSource as usize];
+        assert_eq!(counted, u64::from(repeat), "every repetition counted");
     }
-    let program: &mut Xdp = ebpf
-        .program_mut(XDP_WAN_PROGRAM)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    program.load().unwrap();
-    let frame = ipv4(
-        [10, 0, 0, 2],
-        IPPROTO_UDP,
-        0,
-        0,
-        &udp(SERVER_PORT, &openvpn(9, 0, 100)),
-    );
-    let repeat = 1_000_000;
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(&frame),
-            repeat,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(result.return_value, XDP_DROP);
-    let ns_per_packet = result.duration.as_nanos() as f64;
-    eprintln!(
-        "xdp_wan drop path: {ns_per_packet:.0} ns per packet in the kernel (BPF_PROG_TEST_RUN, repeat {repeat}), {:.1} Mpps per core",
-        1e3 / ns_per_packet.max(1.0)
-    );
-    let counted: u64 = counters(&ebpf)[WanCounter::DroppedUnknownSource as usize];
-    assert_eq!(counted, u64::from(repeat), "every repetition counted");
 }
 
 /// Collects the log records the programs send, as the daemon's tracing forwarder would see them.
