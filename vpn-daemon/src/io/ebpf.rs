@@ -368,6 +368,7 @@ impl WanFilter {
                 Ok(link) => {
                     tracing::info!(device, ifindex, "source policing attached to tun ingress");
                     self.tun_links.insert(device.clone(), (ifindex, link));
+                    turn_off_rp_filter(device);
                 }
                 Err(error) => {
                     result = result.and(Err(error));
@@ -654,6 +655,26 @@ fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Sche
 }
 
 /// The ifindex of `device`, if it exists (in the calling thread's network namespace).
+/// Kernel reverse-path filtering off on a tun whose sources our TC program now polices: strict
+/// mode would drop return traffic of flows steered over a link other than the kernel route's, and
+/// loose mode would let a tunnel send from any routable address. The kernel applies the larger of
+/// `all` and the device's value, so a strict `all` still wins; that is reported, not changed.
+fn turn_off_rp_filter(device: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{device}/rp_filter");
+    if let Err(error) = std::fs::write(&path, "0") {
+        tracing::warn!(device, %error, "could not turn off rp_filter on the tun (writing {path})");
+    }
+    if std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter")
+        .is_ok_and(|value| value.trim() == "1")
+    {
+        tracing::warn!(
+            device,
+            "net.ipv4.conf.all.rp_filter is 1 (strict) and overrides the tun's 0: the kernel drops \
+             traffic arriving over a link other than its route's; set it to 0 or 2"
+        );
+    }
+}
+
 fn ifindex_of(device: &str) -> Option<u32> {
     let name = CString::new(device).ok()?;
     // SAFETY: `name` is a valid C string; if_nametoindex only reads it.
