@@ -327,6 +327,38 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session with no key state yet, between `ids` (ours, the peer's if known).
+    fn fresh(
+        config: SessionConfig,
+        codec: ControlCodec,
+        (local_session_id, remote_session_id): (SessionId, Option<SessionId>),
+        clock_anchor: (Instant, u32),
+        random: RandomSource,
+    ) -> Session {
+        let keepalive = config.keepalive;
+        Session {
+            config,
+            codec,
+            local_session_id,
+            remote_session_id,
+            keys: Vec::new(),
+            params: None,
+            remote_peer_info: None,
+            pushed: None,
+            push_request_due: None,
+            keepalive,
+            events: VecDeque::new(),
+            random,
+            clock_anchor,
+            stats: SessionStats::default(),
+            ended: false,
+            established: false,
+            peer_authenticated: false,
+            push_decided: false,
+            push_request_waiting: false,
+        }
+    }
+
     /// A new session. A TLS client sends its hard reset at once; a TLS server waits for one.
     /// `random` fills buffers with cryptographically secure random bytes; `now_unix` is the wall
     /// clock at `now`, in seconds.
@@ -342,28 +374,13 @@ impl Session {
         while id == [0; 8] {
             random(&mut id);
         }
-        let keepalive = config.keepalive;
-        let mut session = Session {
+        let mut session = Session::fresh(
             config,
             codec,
-            local_session_id: SessionId(id),
-            remote_session_id: None,
-            keys: Vec::new(),
-            params: None,
-            remote_peer_info: None,
-            pushed: None,
-            push_request_due: None,
-            keepalive,
-            events: VecDeque::new(),
+            (SessionId(id), None),
+            (now, now_unix),
             random,
-            clock_anchor: (now, now_unix),
-            stats: SessionStats::default(),
-            ended: false,
-            established: false,
-            peer_authenticated: false,
-            push_decided: false,
-            push_request_waiting: false,
-        };
+        );
         if session.tls_role() == TlsRole::Client {
             session.start_key_state(now, KeyId::ZERO)?;
             session.flush(now);
@@ -399,28 +416,13 @@ impl Session {
         // (OpenVPN sets the session's tls_wrap send id to 1).
         stateless_reset_reply(&mut codec, now_unix, cookie, client_session)
             .map_err(|error| SessionEnd::Protocol(format!("cannot wrap the reset: {error}")))?;
-        let keepalive = config.keepalive;
-        let mut session = Session {
+        let mut session = Session::fresh(
             config,
             codec,
-            local_session_id: cookie,
-            remote_session_id: Some(client_session),
-            keys: Vec::new(),
-            params: None,
-            remote_peer_info: None,
-            pushed: None,
-            push_request_due: None,
-            keepalive,
-            events: VecDeque::new(),
+            (cookie, Some(client_session)),
+            (now, now_unix),
             random,
-            clock_anchor: (now, now_unix),
-            stats: SessionStats::default(),
-            ended: false,
-            established: false,
-            peer_authenticated: false,
-            push_decided: false,
-            push_request_waiting: false,
-        };
+        );
         session.start_key_state(now, KeyId::ZERO)?;
         let key = session
             .keys
