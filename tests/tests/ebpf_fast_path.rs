@@ -15,7 +15,7 @@
 //! N differs per test. Namespaces are `vpne-<pid>-<seq>-<tag>`, deleted on drop.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Stdio},
@@ -620,7 +620,7 @@ fn flows_spread_over_four_links_by_weight_and_a_dead_link_moves_only_its_flows()
         .iter()
         .map(|link| p2p_toml(net, link, true, "10.2.62.0/24"))
         .collect();
-    let (daemon_a, _) = start_daemon(
+    let (daemon_a, config_a) = start_daemon(
         dir.path(),
         &a,
         "a",
@@ -721,19 +721,13 @@ fn flows_spread_over_four_links_by_weight_and_a_dead_link_moves_only_its_flows()
         .position(|&id| id == link_id("l3"))
         .expect("a flow on l3")];
     let text_b = std::fs::read_to_string(&config_b).unwrap();
-    let without_l3: String = text_b
-        .split("[[tunnel]]")
-        .enumerate()
-        .filter(|(_, part)| !part.contains("name = \"l3\""))
-        .map(|(index, part)| {
-            if index == 0 {
-                part.to_owned()
-            } else {
-                format!("[[tunnel]]{part}")
-            }
-        })
-        .collect();
-    std::fs::write(&config_b, without_l3).unwrap();
+    std::fs::write(
+        &config_b,
+        edit_tunnels(&text_b, |part| {
+            (!part.contains("name = \"l3\"")).then(|| part.to_owned())
+        }),
+    )
+    .unwrap();
     // Keep a probe flow of l3 running to see when it lands elsewhere.
     let stop = Arc::new(AtomicBool::new(false));
     let probe = {
@@ -772,6 +766,14 @@ fn flows_spread_over_four_links_by_weight_and_a_dead_link_moves_only_its_flows()
     stop.store(true, Ordering::Relaxed);
     probe.join().unwrap();
     eprintln!("link down: the l3 probe flow moved to {probe_next} {moved_after:?} after A's status showed l3 down");
+    // The daemon's own timeline, free of the 50 ms status polling above: from A's tunnel
+    // logging the session end to A writing the link group without l3.
+    match map_update_delay(&daemon_a.log(), "l3", 3) {
+        Some((delay, ended, updated)) => eprintln!(
+            "link down: A's link group lost l3 {delay:?} after its session ended (daemon log)\n  {ended}\n  {updated}"
+        ),
+        None => eprintln!("link down: no session-end/link-group pair in A's log"),
+    }
     assert!(
         moved_after < KEEPALIVE_INTERVAL,
         "moved within one keepalive interval: {moved_after:?}"
@@ -820,6 +822,89 @@ fn flows_spread_over_four_links_by_weight_and_a_dead_link_moves_only_its_flows()
         "only l3's flows moved, each to its predicted link"
     );
 
+    // Phase 4: A drops l3 and re-creates l2 (a new weight restarts the tunnel, with a new tun
+    // device): the per-link counters and tun source entries of the old ifindexes are deleted,
+    // the new l2 gets its own.
+    let pins = Path::new("/sys/fs/bpf/e62a");
+    let old_l2 = ifindex(&a, "vpn-l2");
+    let old_l3 = ifindex(&a, "vpn-l3");
+    let counter_keys = || -> Vec<u32> {
+        pinned_map_keys(&pins.join("LINK_PACKETS"))
+            .iter()
+            .filter_map(|key| Some(u32::from_ne_bytes(key.get(..4)?.try_into().ok()?)))
+            .collect()
+    };
+    let mut keys_before = counter_keys();
+    keys_before.sort_unstable();
+    let mut all_four: Vec<u32> = ["vpn-l0", "vpn-l1", "vpn-l2", "vpn-l3"]
+        .iter()
+        .map(|device| ifindex(&a, device))
+        .collect();
+    all_four.sort_unstable();
+    assert_eq!(
+        keys_before, all_four,
+        "a counter per link, also the one that is down"
+    );
+    let text_a = std::fs::read_to_string(&config_a).unwrap();
+    let edited = edit_tunnels(&text_a, |part| {
+        if part.contains("name = \"l3\"") {
+            None
+        } else if part.contains("name = \"l2\"") {
+            Some(part.replace("weight = 2", "weight = 3"))
+        } else {
+            Some(part.to_owned())
+        }
+    });
+    assert_ne!(edited, text_a, "l2's weight changed");
+    std::fs::write(&config_a, edited).unwrap();
+    daemon_a.signal(libc::SIGHUP).unwrap();
+    wait_for("A's vpn-l3 to be removed", Duration::from_secs(10), || {
+        a.ip(&["link", "show", "vpn-l3"]).is_err().then_some(())
+    })
+    .unwrap();
+    wait_established(&daemon_a, &["l0", "l1", "l2"]);
+    let new_l2 = ifindex(&a, "vpn-l2");
+    assert_ne!(new_l2, old_l2, "l2's tun was re-created");
+    let mut wanted = vec![ifindex(&a, "vpn-l0"), ifindex(&a, "vpn-l1"), new_l2];
+    wanted.sort_unstable();
+    let keys_after = wait_for(
+        "the link counters to follow",
+        Duration::from_secs(5),
+        || {
+            let mut keys = counter_keys();
+            keys.sort_unstable();
+            (keys == wanted).then_some(keys)
+        },
+    )
+    .unwrap_or_else(|error| {
+        panic!(
+            "{error:#}: LINK_PACKETS holds {:?}, want {wanted:?}\nlog:\n{}",
+            counter_keys(),
+            daemon_a.log()
+        )
+    });
+    eprintln!(
+        "reload: LINK_PACKETS keys {keys_before:?} -> {keys_after:?} (l2 {old_l2} -> {new_l2}, l3 {old_l3} removed)"
+    );
+    // TUN_ALLOWED keys: LPM prefix length (4 bytes), then the ifindex in network order.
+    let policed: BTreeSet<u32> = pinned_map_keys(&pins.join("TUN_ALLOWED"))
+        .iter()
+        .filter_map(|key| Some(u32::from_be_bytes(key.get(4..8)?.try_into().ok()?)))
+        .collect();
+    assert!(
+        !policed.contains(&old_l2) && !policed.contains(&old_l3),
+        "no tun sources of removed devices: {policed:?}"
+    );
+    assert!(
+        policed.contains(&new_l2),
+        "the new l2 is policed: {policed:?}"
+    );
+    let links = link_packets(&daemon_a.status().unwrap());
+    assert!(
+        !links.contains_key("vpn-l3"),
+        "status no longer reports l3's counter: {links:?}"
+    );
+
     // Shutdown detaches every program and removes the pins. TCX links are not per-namespace
     // in bpftool 7.1's view, so the LAN steering link (only A has one) is found by program
     // name among all links; XDP shows on the interface; the tuns go with the daemon.
@@ -844,6 +929,118 @@ fn flows_spread_over_four_links_by_weight_and_a_dead_link_moves_only_its_flows()
     assert!(a.ip(&["link", "show", "vpn-l0"]).is_err(), "tun removed");
     assert!(!Path::new("/sys/fs/bpf/e62a").exists(), "A's pins removed");
     drop(daemon_b);
+}
+
+/// A config with each `[[tunnel]]` section replaced by `edit` (dropped on `None`).
+fn edit_tunnels(text: &str, edit: impl Fn(&str) -> Option<String>) -> String {
+    text.split("[[tunnel]]")
+        .enumerate()
+        .filter_map(|(index, part)| {
+            if index == 0 {
+                Some(part.to_owned())
+            } else {
+                edit(part).map(|part| format!("[[tunnel]]{part}"))
+            }
+        })
+        .collect()
+}
+
+/// The ifindex of `device` in `ns`.
+fn ifindex(ns: &NetNs, device: &str) -> u32 {
+    let line = ns
+        .ip(&["-o", "link", "show", device])
+        .unwrap_or_else(|error| panic!("{device}: {error:#}"));
+    line.split(':')
+        .next()
+        .and_then(|index| index.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ifindex in {line:?}"))
+}
+
+/// The keys of a pinned BPF map, as raw bytes, from `bpftool -j map dump pinned`.
+fn pinned_map_keys(path: &Path) -> Vec<Vec<u8>> {
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(path)
+        .output()
+        .expect("bpftool");
+    assert!(
+        output.status.success(),
+        "bpftool map dump {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let entries: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| {
+            entry["key"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no raw key in {entry}"))
+                .iter()
+                .map(|byte| {
+                    let text = byte.as_str().unwrap_or_default();
+                    u8::from_str_radix(text.trim_start_matches("0x"), 16)
+                        .unwrap_or_else(|_| panic!("key byte {byte}"))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A daemon log line without its ANSI colour codes.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Seconds since midnight UTC of a log line's tracing timestamp (`2026-11-21T13:06:06.123456Z`).
+fn log_seconds(line: &str) -> Option<f64> {
+    let clock = line.split_whitespace().next()?.split_once('T')?.1;
+    let clock = clock.trim_end_matches('Z');
+    let mut parts = clock.split(':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
+}
+
+/// From a daemon log: the time between tunnel `tunnel` logging the end of its session (the
+/// moment its status stops saying "established") and the daemon next writing a link group with
+/// `live` links; with the two lines.
+fn map_update_delay(log: &str, tunnel: &str, live: u32) -> Option<(Duration, String, String)> {
+    let lines: Vec<String> = log.lines().map(plain).collect();
+    let field = format!("tunnel={tunnel}");
+    let ended = lines.iter().rposition(|line| {
+        line.contains("session ended") && line.split_whitespace().any(|word| word == field)
+    })?;
+    let live = format!("live_links={live}");
+    let updated = lines[ended..].iter().find(|line| {
+        line.contains("link group updated") && line.split_whitespace().any(|word| word == live)
+    })?;
+    let mut seconds = log_seconds(updated)? - log_seconds(&lines[ended])?;
+    if seconds < 0.0 {
+        seconds += 86_400.0; // across midnight
+    }
+    Some((
+        Duration::from_secs_f64(seconds),
+        lines[ended].clone(),
+        updated.clone(),
+    ))
 }
 
 /// How many BPF links (machine-wide) run a program named `name`.

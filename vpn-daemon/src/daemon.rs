@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::{broadcast, mpsc},
+    sync::{broadcast, mpsc, Notify},
 };
 
 use crate::{
@@ -33,9 +33,11 @@ use crate::{
     status::{FastPathStatus, Status, TunnelStatus, WanStatus},
 };
 
-/// How often tunnel states are polled for the fast path's live-link and peer maps. A link that
-/// goes up or down is in the maps within this long of its status changing.
-const FAST_PATH_POLL: Duration = Duration::from_millis(100);
+/// The safety net under the event-driven fast-path sync. Tunnel runtimes notify the daemon the
+/// moment a link goes up or down or a server's clients change, and the maps follow at once;
+/// this tick covers what has no signal: a failed apply to retry (a tun or the LAN interface
+/// not there yet), a device re-created with a new ifindex outside a reload.
+const FAST_PATH_FALLBACK: Duration = Duration::from_secs(1);
 
 /// Runs the daemon until SIGTERM or SIGINT, then removes everything it installed.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -67,9 +69,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     };
     let netlink = Arc::new(Netlink::new().await.context("opening rtnetlink")?);
     let (events, _) = broadcast::channel(DAEMON_EVENT_CAPACITY);
+    // One permit-storing signal for all runtimes: a notification while the loop is busy is
+    // kept, several coalesce into one sync (which reads every tunnel's current state anyway).
+    let link_changed = Arc::new(Notify::new());
     let mut tunnels = Vec::new();
     for tunnel in &config.tunnels {
-        match Runtime::start(&config, tunnel, netlink.clone(), &events).await {
+        match Runtime::start(&config, tunnel, netlink.clone(), &events, &link_changed).await {
             Ok(runtime) => tunnels.push(runtime),
             Err(error) => {
                 // Undo what already started before refusing to run.
@@ -92,6 +97,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tunnels,
         netlink,
         events,
+        link_changed: link_changed.clone(),
         fast_path: FastPathSync {
             cpus: aya::util::nr_cpus().map_or(1, |cpus| cpus as u32),
             applied: None,
@@ -99,8 +105,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         },
     };
     state.sync_fast_path();
-    let mut fast_path_poll = tokio::time::interval(FAST_PATH_POLL);
-    fast_path_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fast_path_fallback = tokio::time::interval(FAST_PATH_FALLBACK);
+    fast_path_fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     tracing::info!(node = %state.config.node.name, socket = %state.config.node.control_socket.display(), "running");
     loop {
@@ -108,7 +114,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = sighup.recv() => state.reload().await,
-            _ = fast_path_poll.tick() => state.sync_fast_path(),
+            _ = link_changed.notified() => state.sync_fast_path(),
+            _ = fast_path_fallback.tick() => state.sync_fast_path(),
             Some((request, reply_to)) = requests.recv() => {
                 let _ = reply_to.send(state.answer(request));
             }
@@ -136,6 +143,8 @@ struct Running {
     netlink: Arc<Netlink>,
     /// Client events of every server tunnel, for `vpn-daemon events`.
     events: broadcast::Sender<ClientEventRecord>,
+    /// Handed to every runtime: notified when a status the fast-path plan reads changes.
+    link_changed: Arc<Notify>,
     fast_path: FastPathSync,
 }
 
@@ -145,7 +154,7 @@ struct FastPathSync {
     /// The plan the maps hold; `None` forces the next sync to apply (after a reload, devices may
     /// have been re-created with new ifindexes).
     applied: Option<FastPathPlan>,
-    /// The last apply error, logged once rather than on every poll.
+    /// The last apply error, logged once rather than on every retry.
     last_error: Option<String>,
 }
 
@@ -158,15 +167,18 @@ enum Runtime {
 
 impl Runtime {
     /// Starts `tunnel`; a server's client events are forwarded to `events` (tagged with the
-    /// tunnel name) for as long as it runs.
+    /// tunnel name) for as long as it runs; `link_changed` is notified on every status change
+    /// the fast path reads.
     async fn start(
         config: &Config,
         tunnel: &Tunnel,
         netlink: Arc<Netlink>,
         events: &broadcast::Sender<ClientEventRecord>,
+        link_changed: &Arc<Notify>,
     ) -> anyhow::Result<Self> {
         if tunnel.role == Role::Server {
-            let server = ServerRuntime::start(config, tunnel, netlink).await?;
+            let server =
+                ServerRuntime::start(config, tunnel, netlink, link_changed.clone()).await?;
             let mut server_events = server.subscribe();
             let (events, name) = (events.clone(), tunnel.name.clone());
             // Ends when the server stops (its event sender is dropped).
@@ -186,7 +198,7 @@ impl Runtime {
             Ok(Runtime::Server(server))
         } else {
             Ok(Runtime::Single(
-                TunnelRuntime::start(config, tunnel, netlink).await?,
+                TunnelRuntime::start(config, tunnel, netlink, link_changed.clone()).await?,
             ))
         }
     }
@@ -293,7 +305,7 @@ impl Running {
         let new_plan = ebpf_plan::plan(&new, &self.link_states(), self.fast_path.cpus);
         if let Err(error) = self.wan.apply(&new_plan) {
             tracing::error!(error = %format!("{error:#}"), "SIGHUP: updating the eBPF maps failed; keeping the running config");
-            // Put the kernel back in step with the config we keep (at the next poll).
+            // Put the kernel back in step with the config we keep (at the next sync).
             self.fast_path.applied = None;
             return;
         }
@@ -322,7 +334,15 @@ impl Running {
             if kept.iter().any(|runtime| runtime.name() == tunnel.name) {
                 continue;
             }
-            match Runtime::start(&new, tunnel, self.netlink.clone(), &self.events).await {
+            match Runtime::start(
+                &new,
+                tunnel,
+                self.netlink.clone(),
+                &self.events,
+                &self.link_changed,
+            )
+            .await
+            {
                 Ok(runtime) => kept.push(runtime),
                 Err(error) => {
                     tracing::error!(tunnel = %tunnel.name, error = %format!("{error:#}"), "SIGHUP: cannot start tunnel")
@@ -401,7 +421,8 @@ impl Running {
     }
 
     /// Brings the eBPF maps in step with the config and the tunnels' current states; cheap when
-    /// nothing changed (the plan equals the applied one). Errors are retried at the next poll.
+    /// nothing changed (the plan equals the applied one). Errors are retried at the next
+    /// signal or fallback tick.
     fn sync_fast_path(&mut self) {
         let mut plan = ebpf_plan::plan(&self.config, &self.link_states(), self.fast_path.cpus);
         self.allow_client_iroutes(&mut plan);

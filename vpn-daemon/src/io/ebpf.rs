@@ -12,7 +12,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
     maps::{
-        lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
+        lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
         PerCpuValues,
     },
     programs::{
@@ -432,26 +432,8 @@ impl WanFilter {
             }
             wanted_groups.insert(id, group);
         }
-        let new_counters: Vec<(u32, String)> = plan
-            .groups
-            .values()
-            .flatten()
-            .filter_map(|link| Some((*ifindexes.get(&link.device)?, link.device.clone())))
-            .filter(|(ifindex, _)| !self.link_counters.contains_key(ifindex))
-            .collect();
-        if !new_counters.is_empty() {
-            let mut packets: PerCpuHashMap<&mut MapData, u32, u64> =
-                PerCpuHashMap::try_from(map_mut(&mut self.ebpf, LINK_PACKETS_MAP)?)?;
-            let cpus = nr_cpus()
-                .map_err(|(_, error)| error)
-                .context("counting CPUs")?;
-            for (ifindex, device) in new_counters {
-                packets
-                    .insert(ifindex, PerCpuValues::try_from(vec![0u64; cpus])?, 0)
-                    .context("adding a link counter")?;
-                self.link_counters.insert(ifindex, device);
-            }
-        }
+        // Counters before groups: a link counts from its first steered packet.
+        self.add_link_counters(plan, ifindexes)?;
         let mut groups: Array<&mut MapData, LinkGroup> =
             Array::try_from(map_mut(&mut self.ebpf, LINK_GROUPS_MAP)?)?;
         for (&id, group) in &wanted_groups {
@@ -506,6 +488,74 @@ impl WanFilter {
             }
         }
         self.steer_routes = wanted_routes;
+        // Last: nothing steers to a removed counter's device any more.
+        self.remove_stale_link_counters(ifindexes)
+    }
+
+    /// Creates the per-link packet counter of every live link that has none (the eBPF side
+    /// only increments existing entries).
+    fn add_link_counters(
+        &mut self,
+        plan: &FastPathPlan,
+        ifindexes: &BTreeMap<String, u32>,
+    ) -> anyhow::Result<()> {
+        let new_counters: Vec<(u32, String)> = plan
+            .groups
+            .values()
+            .flatten()
+            .filter_map(|link| Some((*ifindexes.get(&link.device)?, link.device.clone())))
+            .filter(|(ifindex, _)| !self.link_counters.contains_key(ifindex))
+            .collect();
+        if new_counters.is_empty() {
+            return Ok(());
+        }
+        let mut packets: PerCpuHashMap<&mut MapData, u32, u64> =
+            PerCpuHashMap::try_from(map_mut(&mut self.ebpf, LINK_PACKETS_MAP)?)?;
+        let cpus = nr_cpus()
+            .map_err(|(_, error)| error)
+            .context("counting CPUs")?;
+        for (ifindex, device) in new_counters {
+            packets
+                .insert(ifindex, PerCpuValues::try_from(vec![0u64; cpus])?, 0)
+                .context("adding a link counter")?;
+            self.link_counters.insert(ifindex, device);
+        }
+        Ok(())
+    }
+
+    /// Deletes the counters of devices that left the plan (tunnel removed) or no longer have
+    /// the counter's ifindex (device re-created). A link that is only down keeps its counter
+    /// while its device exists.
+    fn remove_stale_link_counters(
+        &mut self,
+        ifindexes: &BTreeMap<String, u32>,
+    ) -> anyhow::Result<()> {
+        let stale: Vec<(u32, String)> = self
+            .link_counters
+            .iter()
+            .filter(|(ifindex, device)| ifindexes.get(*device) != Some(*ifindex))
+            .map(|(ifindex, device)| (*ifindex, device.clone()))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let mut packets: PerCpuHashMap<&mut MapData, u32, u64> =
+            PerCpuHashMap::try_from(map_mut(&mut self.ebpf, LINK_PACKETS_MAP)?)?;
+        for (ifindex, device) in stale {
+            match packets.remove(&ifindex) {
+                Ok(()) => {}
+                // Already gone is what we want.
+                Err(MapError::SyscallError(error))
+                    if error.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(error).with_context(|| {
+                        format!("removing the link counter of {device} (ifindex {ifindex})")
+                    })
+                }
+            }
+            tracing::info!(device, ifindex, "link counter removed");
+            self.link_counters.remove(&ifindex);
+        }
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! What the eBPF maps should hold, computed from the config and the tunnels' live state. Pure:
-//! the daemon computes a [`FastPathPlan`] on every change (and on a short poll of tunnel states)
-//! and `WanFilter::apply` makes the kernel match it, removing what is stale and adding what is
-//! missing (level-triggered, like a route reconcile loop).
+//! the daemon computes a [`FastPathPlan`] whenever a tunnel runtime signals a status change (and
+//! on a slow fallback tick) and `WanFilter::apply` makes the kernel match it, removing what is
+//! stale and adding what is missing (level-triggered, like a route reconcile loop).
 
 use std::{
     collections::{BTreeMap, BTreeSet},

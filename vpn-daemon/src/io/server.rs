@@ -333,11 +333,13 @@ pub struct ServerRuntime {
 
 impl ServerRuntime {
     /// Creates the tun device (with the server address), binds the UDP socket and starts the
-    /// server. Only `role = "server"` over UDP.
+    /// server. Only `role = "server"` over UDP. `link_changed` is notified whenever the state or
+    /// the connected clients change (the eBPF fast path reads their addresses and iroutes).
     pub async fn start(
         config: &Config,
         tunnel: &Tunnel,
         netlink: Arc<Netlink>,
+        link_changed: Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<ServerRuntime> {
         let Addressing::Server {
             subnet,
@@ -484,6 +486,7 @@ impl ServerRuntime {
             protection,
             shared: shared.clone(),
             status: status.clone(),
+            link_changed,
             events: events.clone(),
             pool: AddressPool::new(subnet, topology, server_address, pool),
             peer_ids: PeerIds::default(),
@@ -1057,6 +1060,8 @@ struct ControlTask {
     cookie: SessionCookie,
     shared: Arc<Shared>,
     status: Arc<Mutex<SharedStatus>>,
+    /// Told when the published state or client list changes (not on every tick).
+    link_changed: Arc<tokio::sync::Notify>,
     events: broadcast::Sender<ClientEvent>,
     pool: AddressPool,
     peer_ids: PeerIds,
@@ -1624,14 +1629,18 @@ impl ControlTask {
         if let Ok(mut status) = self.status.lock() {
             // "established" as soon as one client is, like a single-peer tunnel; the client
             // list says who.
-            status.state = if clients.is_empty() {
+            let state = if clients.is_empty() {
                 "waiting for clients"
             } else {
                 "established"
-            }
-            .into();
+            };
+            let changed = status.state != state || status.clients != clients;
+            status.state = state.into();
             status.clients = clients;
             status.handshaking = handshaking;
+            if changed {
+                self.link_changed.notify_one();
+            }
         }
     }
 

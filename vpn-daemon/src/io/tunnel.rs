@@ -273,11 +273,13 @@ pub struct TunnelRuntime {
 }
 
 impl TunnelRuntime {
-    /// Creates the tun device and sockets and starts the tunnel.
+    /// Creates the tun device and sockets and starts the tunnel. `link_changed` is notified
+    /// whenever the status changes in a way the eBPF fast path reads (state, peer).
     pub async fn start(
         config: &Config,
         tunnel: &Tunnel,
         netlink: Arc<Netlink>,
+        link_changed: Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<TunnelRuntime> {
         let tls_role = tls_role(tunnel);
         let pki = PkiMaterial::load(&config.pki).context("loading the PKI")?;
@@ -388,6 +390,7 @@ impl TunnelRuntime {
             netlink,
             ifindex: index,
             status: status.clone(),
+            link_changed,
             session: None,
             peer: None,
             device: Some(device),
@@ -693,6 +696,8 @@ struct ControlTask {
     netlink: Arc<Netlink>,
     ifindex: u32,
     status: Arc<Mutex<TunnelRuntimeStatus>>,
+    /// Told after every status change, so the daemon updates the live-link map at once.
+    link_changed: Arc<tokio::sync::Notify>,
     session: Option<Session>,
     peer: Option<SocketAddr>,
     device: Option<TunDevice>,
@@ -907,6 +912,7 @@ impl ControlTask {
             }
             status.peer = self.peer.map(|peer| peer.to_string());
         }
+        self.link_changed.notify_one();
     }
 
     /// Acts on the session's events; returns how it ended, if it did.
@@ -965,6 +971,7 @@ impl ControlTask {
                         status.key_derivation =
                             Some(if params.tls_ekm { "tls-ekm" } else { "prf" }.into());
                     }
+                    self.link_changed.notify_one();
                 }
                 SessionEvent::Pushed(options) => {
                     if let Err(error) =
@@ -1042,6 +1049,8 @@ impl ControlTask {
         .await;
         // Closing the last tun fd deletes the device, its addresses and its routes.
         drop(self.device.take());
+        // Also when the task ends on its own: the link must leave the live-link map.
+        self.set_state("stopped", None);
         tracing::info!(tunnel = %self.name, "tunnel stopped");
     }
 }
