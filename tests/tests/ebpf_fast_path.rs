@@ -768,12 +768,14 @@ fn flows_spread_over_four_links_by_weight_and_a_dead_link_moves_only_its_flows()
     eprintln!("link down: the l3 probe flow moved to {probe_next} {moved_after:?} after A's status showed l3 down");
     // The daemon's own timeline, free of the 50 ms status polling above: from A's tunnel
     // logging the session end to A writing the link group without l3.
-    match map_update_delay(&daemon_a.log(), "l3", 3) {
-        Some((delay, ended, updated)) => eprintln!(
-            "link down: A's link group lost l3 {delay:?} after its session ended (daemon log)\n  {ended}\n  {updated}"
+    report_delay(
+        "link down: from l3's session end to A's link group without it",
+        log_delay(
+            &daemon_a.log(),
+            |words| log_line(words, "session ended", &["tunnel=l3"]),
+            |words| log_line(words, "link group updated", &["live_links=3"]),
         ),
-        None => eprintln!("link down: no session-end/link-group pair in A's log"),
-    }
+    );
     assert!(
         moved_after < KEEPALIVE_INTERVAL,
         "moved within one keepalive interval: {moved_after:?}"
@@ -1019,28 +1021,131 @@ fn log_seconds(line: &str) -> Option<f64> {
     Some(hours * 3600.0 + minutes * 60.0 + seconds)
 }
 
-/// From a daemon log: the time between tunnel `tunnel` logging the end of its session (the
-/// moment its status stops saying "established") and the daemon next writing a link group with
-/// `live` links; with the two lines.
-fn map_update_delay(log: &str, tunnel: &str, live: u32) -> Option<(Duration, String, String)> {
+/// The words of a log line.
+fn split(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// From a daemon log: the time between the last line matching `cause` and the first line
+/// after it matching `effect`; with the two lines.
+fn log_delay(
+    log: &str,
+    cause: impl Fn(&[&str]) -> bool,
+    effect: impl Fn(&[&str]) -> bool,
+) -> Option<(Duration, String, String)> {
     let lines: Vec<String> = log.lines().map(plain).collect();
-    let field = format!("tunnel={tunnel}");
-    let ended = lines.iter().rposition(|line| {
-        line.contains("session ended") && line.split_whitespace().any(|word| word == field)
-    })?;
-    let live = format!("live_links={live}");
-    let updated = lines[ended..].iter().find(|line| {
-        line.contains("link group updated") && line.split_whitespace().any(|word| word == live)
-    })?;
-    let mut seconds = log_seconds(updated)? - log_seconds(&lines[ended])?;
+    let first = lines.iter().rposition(|line| cause(&split(line)))?;
+    let second = lines[first..].iter().find(|line| effect(&split(line)))?;
+    let mut seconds = log_seconds(second)? - log_seconds(&lines[first])?;
     if seconds < 0.0 {
         seconds += 86_400.0; // across midnight
     }
     Some((
         Duration::from_secs_f64(seconds),
-        lines[ended].clone(),
-        updated.clone(),
+        lines[first].clone(),
+        second.clone(),
     ))
+}
+
+/// Whether a log line (as words) has `text` in its message and every `field=value` in `fields`.
+fn log_line(words: &[&str], text: &str, fields: &[&str]) -> bool {
+    words.join(" ").contains(text) && fields.iter().all(|field| words.contains(field))
+}
+
+/// Prints a [`log_delay`] result.
+fn report_delay(what: &str, delay: Option<(Duration, String, String)>) {
+    match delay {
+        Some((delay, cause, effect)) => {
+            eprintln!("{what}: {delay:?} (daemon log)\n  {cause}\n  {effect}")
+        }
+        None => eprintln!("{what}: the two log lines were not found"),
+    }
+}
+
+/// A multi-client server admits a client's outer address at XDP exactly while the client is
+/// connected: the server runtime signals the daemon on connect and on disconnect.
+///
+/// ```text
+///   ns "a": vpn-daemon A, role client  --WAN 10.202.65.0/24-->  ns "b": vpn-daemon B, role server
+/// ```
+#[test]
+fn server_admits_a_client_address_at_xdp_while_it_is_connected() {
+    if !require_root("server_admits_a_client_address_at_xdp_while_it_is_connected") {
+        return;
+    }
+    let net = 65;
+    let (a, b) = wan_pair(net);
+    let pki = Pki::shared().expect("PKI");
+    let tunnel = |lines: &str| {
+        format!(
+            "[[tunnel]]\n{lines}ciphers = [\"AES-128-GCM\"]\ntls_crypt = {tc:?}\n\
+             keepalive = {{ interval = 2, timeout = 10 }}\n",
+            tc = pki.tls_crypt_key.display().to_string(),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon_b, _) = start_daemon(
+        dir.path(),
+        &b,
+        "b",
+        net,
+        "wan = \"b0\"\nxdp_mode = \"generic\"",
+        &tunnel(&format!(
+            "name = \"srv\"\nrole = \"server\"\ndevice = \"vpn-srv\"\n\
+             local = \"10.202.{net}.2:1194\"\nserver = \"10.8.{net}.0/24\"\n"
+        )),
+    );
+    let peers_map = PathBuf::from(format!("/sys/fs/bpf/e{net}b/WAN_PEERS"));
+    let client_key = std::net::Ipv4Addr::new(10, 202, net, 1)
+        .to_ipv6_mapped()
+        .octets()
+        .to_vec();
+    assert_eq!(
+        pinned_map_keys(&peers_map),
+        Vec::<Vec<u8>>::new(),
+        "no client, no admitted peer"
+    );
+
+    let (mut daemon_a, _) = start_daemon(
+        dir.path(),
+        &a,
+        "a",
+        net,
+        "wan = \"a0\"\nxdp_mode = \"generic\"",
+        &tunnel(&format!(
+            "name = \"rw\"\nrole = \"client\"\ndevice = \"vpn-rw\"\n\
+             remote = [\"10.202.{net}.2:1194\"]\n"
+        )),
+    );
+    wait_established(&daemon_a, &["rw"]);
+    wait_for("B to admit A's address", Duration::from_secs(5), || {
+        (pinned_map_keys(&peers_map) == [client_key.clone()]).then_some(())
+    })
+    .unwrap_or_else(|error| panic!("{error:#}\nB's log:\n{}", daemon_b.log()));
+    report_delay(
+        "server: from the client connecting to its address in WAN_PEERS",
+        log_delay(
+            &daemon_b.log(),
+            |words| log_line(words, "client connected", &["tunnel=srv"]),
+            |words| log_line(words, "WAN peers updated", &["peers=1"]),
+        ),
+    );
+
+    // A stops: explicit-exit-notify tells B, which forgets the client and its address.
+    let exit = daemon_a.stop(Duration::from_secs(10)).unwrap();
+    assert!(exit.success(), "daemon A exit {exit}");
+    wait_for("B to drop A's address", Duration::from_secs(5), || {
+        pinned_map_keys(&peers_map).is_empty().then_some(())
+    })
+    .unwrap_or_else(|error| panic!("{error:#}\nB's log:\n{}", daemon_b.log()));
+    report_delay(
+        "server: from the client disconnecting to its address leaving WAN_PEERS",
+        log_delay(
+            &daemon_b.log(),
+            |words| log_line(words, "client disconnected", &["tunnel=srv"]),
+            |words| log_line(words, "WAN peers updated", &["peers=0"]),
+        ),
+    );
 }
 
 /// How many BPF links (machine-wide) run a program named `name`.

@@ -285,6 +285,9 @@ impl WanFilter {
         for missing in wanted.difference(&self.peers) {
             map.insert(missing, 1, 0).context("adding a WAN peer")?;
         }
+        if wanted != self.peers {
+            tracing::info!(peers = wanted.len(), "WAN peers updated");
+        }
         self.peers = wanted;
         Ok(())
     }
