@@ -707,7 +707,6 @@ fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Sche
         .try_into()?)
 }
 
-/// The ifindex of `device`, if it exists (in the calling thread's network namespace).
 /// Kernel reverse-path filtering off on a tun whose sources our TC program now polices: strict
 /// mode would drop return traffic of flows steered over a link other than the kernel route's, and
 /// loose mode would let a tunnel send from any routable address. The kernel applies the larger of
@@ -728,6 +727,7 @@ fn turn_off_rp_filter(device: &str) {
     }
 }
 
+/// The ifindex of `device`, if it exists (in the calling thread's network namespace).
 fn ifindex_of(device: &str) -> Option<u32> {
     let name = CString::new(device).ok()?;
     // SAFETY: `name` is a valid C string; if_nametoindex only reads it.
