@@ -187,6 +187,10 @@ fn spoofed_inner_source_is_dropped_while_legitimate_traffic_flows() {
     // B may send from 10.2.N.0/24 and its tunnel address; 192.0.2.99 is not allowed.
     b.ip(&["addr", "add", "192.0.2.99/32", "dev", "lo"])
         .unwrap();
+    // New devices in A start with strict reverse-path filtering, as a host might configure; the
+    // daemon turns it off on its tun once the source policing is attached there.
+    a.exec(&["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=1"])
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let link = P2p {
         name: "s".into(),
@@ -221,6 +225,14 @@ fn spoofed_inner_source_is_dropped_while_legitimate_traffic_flows() {
             .any(|entry| entry == "tc_tun_ingress on vpn-s ingress"),
         "source policing on A's tun: {}",
         status["fast_path"]
+    );
+    let rp_filter = a
+        .exec(&["cat", "/proc/sys/net/ipv4/conf/vpn-s/rp_filter"])
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&rp_filter.stdout).trim(),
+        "0",
+        "kernel rp_filter off on the policed tun"
     );
     let before = daemon_a.status().unwrap();
 
