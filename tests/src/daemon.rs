@@ -15,7 +15,8 @@ use crate::{wait_for, NetNs};
 /// `RUST_LOG` of [`Daemon::start`].
 pub const DEFAULT_RUST_LOG: &str = "debug,vpn_ebpf=info";
 
-/// Path of the `vpn-daemon` binary, built by cargo if it is not up to date.
+/// Path of the `vpn-daemon` binary, built by cargo if it is not up to date (in the profile of
+/// the tests: `cargo test --release` gets a release daemon).
 pub fn binary() -> anyhow::Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BINARY
@@ -36,6 +37,12 @@ fn build_binary() -> anyhow::Result<PathBuf> {
             "vpn-daemon",
             "--message-format=json",
         ])
+        // `cargo test --release` (benchmarks) runs a release daemon, as the image ships.
+        .args(if cfg!(debug_assertions) {
+            &[][..]
+        } else {
+            &["--release"][..]
+        })
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::inherit())
         .output()
