@@ -332,6 +332,29 @@ fn uefi_disk(context: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for a disk VM's first boot, which must be from slot A.
+fn first_boot_from_a(vm: &mut Vm) -> anyhow::Result<()> {
+    let first = vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
+    ensure!(
+        first.contains("slot=a"),
+        "first boot not from slot A: {first}"
+    );
+    Ok(())
+}
+
+/// After a good update to slot B: waits for the trial boot of the new image (`uki_next`) from
+/// slot B and for its blessing; returns both lines.
+fn trial_boot_blessed(vm: &mut Vm) -> anyhow::Result<(String, String)> {
+    let trial = vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
+    ensure!(
+        trial.contains("slot=b image=next"),
+        "trial boot not of the new image from slot B: {trial}"
+    );
+    let blessed = vm.wait_for("SLOT-BLESSED", BOOT_TIMEOUT)?;
+    ensure!(blessed.ends_with('b'), "slot B not blessed: {blessed}");
+    Ok((trial, blessed))
+}
+
 /// The update path on fresh copies of the disk image, run through the image's own
 /// `appliance-update` (the new UKI reaches the guest as a raw disk): a good image is written to
 /// slot B, boots on trial and is blessed; a bad one (its init fails) written to slot B with one
@@ -352,30 +375,20 @@ fn update(context: &Context) -> anyhow::Result<()> {
     {
         let mut lab = start_disk_in(context, &context.log_dir.join("good"), Some(&good))?;
         let vm = lab.vm("site-a")?;
-        let first = vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
-        ensure!(
-            first.contains("slot=a"),
-            "first boot not from slot A: {first}"
-        );
+        first_boot_from_a(vm)?;
         vm.wait_for("AGENT-READY", BOOT_TIMEOUT)?;
         let written = install_update(vm, &good, None)?;
         ensure!(
             written.contains("slot=b"),
             "update not written to slot B: {written}"
         );
-        let trial = vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
-        ensure!(
-            trial.contains("slot=b image=next"),
-            "trial boot not of the new image from slot B: {trial}"
-        );
-        let blessed = vm.wait_for("SLOT-BLESSED", BOOT_TIMEOUT)?;
-        ensure!(blessed.ends_with('b'), "slot B not blessed: {blessed}");
+        let (trial, blessed) = trial_boot_blessed(vm)?;
         println!("    good image: {written} -> {trial} -> {blessed}");
     }
     {
         let mut lab = start_disk_in(context, &context.log_dir.join("bad"), Some(&bad))?;
         let vm = lab.vm("site-a")?;
-        vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
+        first_boot_from_a(vm)?;
         vm.wait_for("AGENT-READY", BOOT_TIMEOUT)?;
         let written = install_update(vm, &bad, Some(1))?;
         ensure!(
@@ -409,24 +422,14 @@ fn update(context: &Context) -> anyhow::Result<()> {
         };
         let mut lab = Lab::start(&topology, &context.boot, &log_dir, &options)?;
         let vm = lab.vm("site-a")?;
-        let first = vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
-        ensure!(
-            first.contains("slot=a"),
-            "first boot not from slot A: {first}"
-        );
+        first_boot_from_a(vm)?;
         let written = vm.wait_for("UPDATE-WRITTEN", BOOT_TIMEOUT)?;
         ensure!(
             written.contains("slot=b tries=2"),
             "the medium's update not written to slot B with its two tries: {written}"
         );
         vm.wait_for("UPDATE-REBOOT", BOOT_TIMEOUT)?;
-        let trial = vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
-        ensure!(
-            trial.contains("slot=b image=next"),
-            "trial boot not of the new image from slot B: {trial}"
-        );
-        let blessed = vm.wait_for("SLOT-BLESSED", BOOT_TIMEOUT)?;
-        ensure!(blessed.ends_with('b'), "slot B not blessed: {blessed}");
+        let (trial, blessed) = trial_boot_blessed(vm)?;
         println!("    update medium: {written} -> {trial} -> {blessed}");
     }
     Ok(())
