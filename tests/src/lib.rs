@@ -6,6 +6,7 @@
 //! run because their `<pid>` is no longer alive.
 
 pub mod daemon;
+pub mod interop;
 pub mod netns;
 pub mod openvpn;
 pub mod packet;

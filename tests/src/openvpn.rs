@@ -17,6 +17,9 @@ use ipnet::Ipv4Net;
 
 use crate::{pki::Pki, NetNs};
 
+/// The line stock OpenVPN logs once its tunnel is up.
+pub const UP: &str = "Initialization Sequence Completed";
+
 /// Which OpenVPN mode the peer runs in.
 #[derive(Debug, Clone)]
 pub enum OvpnRole {

@@ -14,64 +14,23 @@
 //! `cargo test -p vpn-tests --test import_interop -- --test-threads=1`.
 
 use std::{
-    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
 use vpn_tests::{
-    daemon::{self, Daemon},
-    openvpn::{OpenVpnConfig, OpenVpnPeer, OvpnRole, Protection, Topology},
+    daemon,
+    interop::{
+        assert_lan_ping, assert_pings, start_daemon, tunnel_address, wait_established,
+        wait_stock_up, TwoSites, HANDSHAKE_TIMEOUT,
+    },
+    openvpn::{OpenVpnConfig, OpenVpnPeer, OvpnRole, Protection, Topology, UP},
     pki::Pki,
     require_root,
-    traffic::{ping, wait_for_ping},
-    veth_pair, wait_for, NetNs,
 };
 
-const UP: &str = "Initialization Sequence Completed";
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Site {
-    a: NetNs,
-    b: NetNs,
-    net: u8,
-    dir: tempfile::TempDir,
-}
-
-impl Site {
-    fn new(net: u8) -> Site {
-        let a = NetNs::new("import-a").expect("namespace a");
-        let b = NetNs::new("import-b").expect("namespace b");
-        veth_pair(
-            (&a, "a0", &format!("10.203.{net}.1/24")),
-            (&b, "b0", &format!("10.203.{net}.2/24")),
-        )
-        .expect("veth pair");
-        a.ip(&["addr", "add", &format!("10.1.{net}.1/32"), "dev", "lo"])
-            .expect("site A LAN address");
-        b.ip(&["addr", "add", &format!("10.2.{net}.1/32"), "dev", "lo"])
-            .expect("site B LAN address");
-        Site {
-            a,
-            b,
-            net,
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    fn a_wan(&self) -> SocketAddr {
-        SocketAddr::from(([10, 203, self.net, 1], 1194))
-    }
-
-    fn b_wan(&self) -> SocketAddr {
-        SocketAddr::from(([10, 203, self.net, 2], 1194))
-    }
-}
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().expect("literal address")
-}
+/// This file's WAN prefix (see [`TwoSites`]).
+const WAN: [u8; 2] = [10, 203];
 
 /// Runs `vpn-daemon import-openvpn` on `openvpn_config` (plus `extra` arguments) and returns the
 /// TOML, made runnable in a test namespace: a control socket in `dir` and generic XDP on the
@@ -113,59 +72,6 @@ fn import(openvpn_config: &Path, wan: &str, node: &str, dir: &Path, extra: &[&st
     path
 }
 
-fn start_daemon(ns: &NetNs, config: &Path) -> Daemon {
-    let dir = config.parent().expect("config dir");
-    let mut daemon = Daemon::start(ns, config, &dir.join("ctl.sock"), &dir.join("daemon.log"))
-        .expect("starting vpn-daemon");
-    daemon
-        .wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|error| {
-            panic!(
-                "daemon not ready: {error:#}\nconfig:\n{}",
-                std::fs::read_to_string(config).unwrap_or_default()
-            )
-        });
-    daemon
-}
-
-fn wait_established(daemon: &Daemon) {
-    let result = wait_for("our tunnel to be established", HANDSHAKE_TIMEOUT, || {
-        let status = daemon.status().ok()?;
-        (status["tunnels"][0]["state"].as_str() == Some("established")).then_some(())
-    });
-    if let Err(error) = result {
-        panic!(
-            "{error:#}\nstatus: {:?}\nlog:\n{}",
-            daemon.status(),
-            daemon.log()
-        );
-    }
-}
-
-fn assert_pings(from: &NetNs, dst: &str) {
-    wait_for_ping(from, ip(dst), Duration::from_secs(15))
-        .unwrap_or_else(|error| panic!("no ping reply from {dst} in {}: {error:#}", from.name()));
-    let result = ping(from, ip(dst), 3).expect("ping");
-    assert_eq!(
-        result.received,
-        3,
-        "ping {dst} from {}: {result:?}",
-        from.name()
-    );
-}
-
-/// Pings `dst` from `ns` with source address `src` (LAN to LAN through the tunnel).
-fn assert_lan_ping(ns: &NetNs, src: &str, dst: &str) {
-    let output = ns
-        .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "-I", src, dst])
-        .expect("LAN ping");
-    assert!(
-        output.status.success(),
-        "LAN ping {src} -> {dst}: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-}
-
 /// Site A's old OpenVPN p2p config (tls-client, tls-crypt, site B's LAN routed), imported and run
 /// by our daemon; site B keeps stock OpenVPN with its matching config.
 #[test]
@@ -175,7 +81,7 @@ fn imported_p2p_site_link_interoperates_with_stock_openvpn() {
     }
     let pki = Pki::shared().expect("PKI");
     let net = 1;
-    let site = Site::new(net);
+    let site = TwoSites::new("import-", WAN, net);
 
     let mut old_a = OpenVpnConfig::p2p(
         false,
@@ -219,9 +125,7 @@ fn imported_p2p_site_link_interoperates_with_stock_openvpn() {
     stock_b.protection = Protection::TlsCrypt;
     stock_b.dev = "ovpn-b".into();
     let stock = OpenVpnPeer::start(&site.b, &stock_b, pki).expect("stock p2p peer");
-    stock
-        .wait_for_log(UP, HANDSHAKE_TIMEOUT)
-        .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
+    wait_stock_up(&stock, &ours);
     wait_established(&ours);
     assert_pings(&site.a, &format!("10.99.{net}.2"));
     assert_pings(&site.b, &format!("10.99.{net}.1"));
@@ -238,7 +142,7 @@ fn imported_inline_client_interoperates_with_stock_server() {
     }
     let pki = Pki::shared().expect("PKI");
     let net = 2;
-    let site = Site::new(net);
+    let site = TwoSites::new("import-", WAN, net);
 
     let mut server = OpenVpnConfig::server(format!("10.8.{net}.0/24").parse().unwrap());
     if let OvpnRole::Server {
@@ -303,7 +207,7 @@ fn imported_server_accepts_stock_client() {
     }
     let pki = Pki::shared().expect("PKI");
     let net = 3;
-    let site = Site::new(net);
+    let site = TwoSites::new("import-", WAN, net);
 
     let mut old_server = OpenVpnConfig::server(format!("10.8.{net}.0/24").parse().unwrap());
     if let OvpnRole::Server {
@@ -339,25 +243,10 @@ fn imported_server_accepts_stock_client() {
     client.protection = Protection::TlsCrypt;
     client.dev = "ovpn-c".into();
     let stock = OpenVpnPeer::start(&site.a, &client, pki).expect("stock client");
-    stock
-        .wait_for_log(UP, HANDSHAKE_TIMEOUT)
-        .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
+    wait_stock_up(&stock, &ours);
     // The stock client is up and traffic flows; our status layout is the server runtime's.
     assert_pings(&site.a, &format!("10.8.{net}.1"));
     assert_pings(&site.a, &format!("10.2.{net}.1"));
-}
-
-/// The IPv4 address on tun device `dev` in `ns`.
-fn tunnel_address(ns: &NetNs, dev: &str) -> String {
-    let output = ns
-        .ip(&["-4", "-o", "addr", "show", "dev", dev])
-        .expect("ip addr");
-    let inet = output
-        .split_whitespace()
-        .skip_while(|word| *word != "inet")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no address on {dev}: {output}"));
-    inet.split('/').next().unwrap_or_default().to_owned()
 }
 
 /// A server config with a client-config-dir (fixed address for CN "client"), client-to-client
@@ -369,7 +258,7 @@ fn imported_server_with_ccd_gives_the_fixed_address() {
     }
     let pki = Pki::shared().expect("PKI");
     let net = 4;
-    let site = Site::new(net);
+    let site = TwoSites::new("import-", WAN, net);
 
     let mut old_server = OpenVpnConfig::server(format!("10.8.{net}.0/24").parse().unwrap());
     if let OvpnRole::Server { topology, .. } = &mut old_server.role {
@@ -404,9 +293,7 @@ fn imported_server_with_ccd_gives_the_fixed_address() {
     client.protection = Protection::TlsAuth { direction: Some(1) };
     client.dev = "ovpn-c".into();
     let stock = OpenVpnPeer::start(&site.a, &client, pki).expect("stock client");
-    stock
-        .wait_for_log(UP, HANDSHAKE_TIMEOUT)
-        .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
+    wait_stock_up(&stock, &ours);
     assert_eq!(tunnel_address(&site.a, "ovpn-c"), format!("10.8.{net}.50"));
     assert_pings(&site.a, &format!("10.8.{net}.1"));
     assert_pings(&site.b, &format!("10.8.{net}.50"));

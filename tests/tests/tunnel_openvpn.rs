@@ -14,63 +14,27 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
 use vpn_tests::{
     daemon::Daemon,
-    openvpn::{Identity, OpenVpnConfig, OpenVpnPeer, OvpnRole, Protection, Topology, Transport},
+    interop::{
+        assert_lan_ping, assert_pings, ip, start_daemon, tunnel_address, tunnel_state,
+        wait_established, wait_stock_up, TwoSites, HANDSHAKE_TIMEOUT,
+    },
+    openvpn::{
+        Identity, OpenVpnConfig, OpenVpnPeer, OvpnRole, Protection, Topology, Transport, UP,
+    },
     pki::Pki,
     require_root,
-    traffic::{iperf3, ping, wait_for_ping, Iperf3Options, Iperf3Server},
-    veth_pair, wait_for, NetNs,
+    traffic::{iperf3, Iperf3Options, Iperf3Server},
+    wait_for, NetNs,
 };
 
-const UP: &str = "Initialization Sequence Completed";
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Site {
-    a: NetNs,
-    b: NetNs,
-    net: u8,
-    dir: tempfile::TempDir,
-}
-
-impl Site {
-    fn new(net: u8) -> Site {
-        let a = NetNs::new("a").expect("namespace a");
-        let b = NetNs::new("b").expect("namespace b");
-        veth_pair(
-            (&a, "a0", &format!("10.202.{net}.1/24")),
-            (&b, "b0", &format!("10.202.{net}.2/24")),
-        )
-        .expect("veth pair");
-        // Each site's "LAN" is an address on its loopback, routed through the tunnel by p2p tests.
-        a.ip(&["addr", "add", &format!("10.1.{net}.1/32"), "dev", "lo"])
-            .expect("site A LAN address");
-        b.ip(&["addr", "add", &format!("10.2.{net}.1/32"), "dev", "lo"])
-            .expect("site B LAN address");
-        Site {
-            a,
-            b,
-            net,
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    fn a_wan(&self) -> SocketAddr {
-        SocketAddr::from(([10, 202, self.net, 1], 1194))
-    }
-
-    fn b_wan(&self) -> SocketAddr {
-        SocketAddr::from(([10, 202, self.net, 2], 1194))
-    }
-}
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().expect("literal address")
-}
+/// This file's WAN prefix (see [`TwoSites`]).
+const WAN: [u8; 2] = [10, 202];
 
 /// How our daemon is configured in one test.
 struct Ours {
@@ -110,7 +74,7 @@ fn transport_name(transport: Transport) -> &'static str {
 }
 
 /// Writes our daemon's config into the site's temp dir and starts it in `ns` with WAN `wan`.
-fn start_ours(site: &Site, ns: &NetNs, wan: &str, ours: &Ours) -> Daemon {
+fn start_ours(site: &TwoSites, ns: &NetNs, wan: &str, ours: &Ours) -> Daemon {
     let pki = Pki::shared().expect("PKI");
     let dir = site.dir.path().join(ours.side);
     std::fs::create_dir_all(&dir).expect("config dir");
@@ -145,51 +109,13 @@ fn start_ours(site: &Site, ns: &NetNs, wan: &str, ours: &Ours) -> Daemon {
     }
     let config = dir.join("vpn.toml");
     std::fs::write(&config, &text).expect("writing config");
-    let mut daemon =
-        Daemon::start(ns, &config, &socket, &dir.join("daemon.log")).expect("starting vpn-daemon");
-    daemon
-        .wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|error| panic!("daemon not ready: {error:#}\nconfig:\n{text}"));
-    daemon
-}
-
-fn tunnel_state(daemon: &Daemon) -> String {
-    daemon
-        .status()
-        .ok()
-        .and_then(|status| status["tunnels"][0]["state"].as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-fn wait_established(daemon: &Daemon) {
-    let result = wait_for("our tunnel to be established", HANDSHAKE_TIMEOUT, || {
-        (tunnel_state(daemon) == "established").then_some(())
-    });
-    if let Err(error) = result {
-        panic!(
-            "{error:#}\nstatus: {:?}\nlog:\n{}",
-            daemon.status(),
-            daemon.log()
-        );
-    }
+    start_daemon(ns, &config)
 }
 
 fn counter(daemon: &Daemon, name: &str) -> u64 {
     daemon.status().expect("status")["tunnels"][0]["runtime"]["counters"][name]
         .as_u64()
         .unwrap_or(0)
-}
-
-fn assert_pings(from: &NetNs, dst: &str) {
-    wait_for_ping(from, ip(dst), Duration::from_secs(15))
-        .unwrap_or_else(|error| panic!("no ping reply from {dst} in {}: {error:#}", from.name()));
-    let result = ping(from, ip(dst), 5).expect("ping");
-    assert_eq!(
-        result.received,
-        5,
-        "ping {dst} from {}: {result:?}",
-        from.name()
-    );
 }
 
 /// iperf3 runs one at a time: the tests run in parallel on a 2-core machine, and several
@@ -220,7 +146,7 @@ fn assert_iperf(client_ns: &NetNs, server_ns: &NetNs, target: &str, seconds: u32
 }
 
 fn stock_server(
-    site: &Site,
+    site: &TwoSites,
     transport: Transport,
     protection: Protection,
     cipher: &str,
@@ -255,7 +181,7 @@ fn client_to_stock_server(
     topology: Topology,
 ) {
     let pki = Pki::shared().expect("PKI");
-    let site = Site::new(net);
+    let site = TwoSites::new("", WAN, net);
     let server_protection = match protection {
         Protection::TlsAuth { .. } => Protection::TlsAuth { direction: Some(0) },
         other => other,
@@ -288,14 +214,11 @@ fn client_to_stock_server(
         )
         .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
     // The pushed route to the server's LAN address and the server's tunnel address.
-    let server_tunnel = match topology {
-        Topology::Net30 => format!("10.8.{net}.1"),
-        _ => format!("10.8.{net}.1"),
-    };
+    let server_tunnel = format!("10.8.{net}.1");
     assert_pings(&site.a, &server_tunnel);
     assert_pings(&site.a, &format!("10.2.{net}.1"));
     let status = ours.status().expect("status");
-    let client_address = client_tunnel_address(&site.a);
+    let client_address = tunnel_address(&site.a, "vpn-t");
     assert_pings(&site.b, &client_address);
     assert_iperf(&site.a, &site.b, &server_tunnel, 10);
     assert!(counter(&ours, "rx_packets") > 1000, "status: {status}");
@@ -308,19 +231,6 @@ fn client_to_stock_server(
             .wait_for_log("remote-exit", Duration::from_secs(5))
             .expect("stock server saw our exit notification");
     }
-}
-
-/// The IPv4 address on our tun device in `ns`.
-fn client_tunnel_address(ns: &NetNs) -> String {
-    let output = ns
-        .ip(&["-4", "-o", "addr", "show", "dev", "vpn-t"])
-        .expect("ip addr");
-    let inet = output
-        .split_whitespace()
-        .skip_while(|word| *word != "inet")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no address on vpn-t: {output}"));
-    inet.split('/').next().unwrap_or_default().to_owned()
 }
 
 #[test]
@@ -358,7 +268,7 @@ fn server_for_stock_client(
     cipher: &'static str,
 ) {
     let pki = Pki::shared().expect("PKI");
-    let site = Site::new(net);
+    let site = TwoSites::new("", WAN, net);
     let ours_protection = match protection {
         Protection::TlsAuth { .. } => Protection::TlsAuth { direction: Some(0) },
         other => other,
@@ -392,9 +302,7 @@ fn server_for_stock_client(
         config.extra.push("explicit-exit-notify 1".into());
     }
     let mut client = OpenVpnPeer::start(&site.a, &config, pki).expect("stock client");
-    client
-        .wait_for_log(UP, HANDSHAKE_TIMEOUT)
-        .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
+    wait_stock_up(&client, &ours);
     wait_established(&ours);
     client
         .wait_for_log(
@@ -448,9 +356,9 @@ fn p2p_with_stock(
     cipher: &'static str,
     stock_extra: Vec<String>,
     iperf_seconds: u32,
-) -> (Daemon, OpenVpnPeer, Site) {
+) -> (Daemon, OpenVpnPeer, TwoSites) {
     let pki = Pki::shared().expect("PKI");
-    let site = Site::new(net);
+    let site = TwoSites::new("", WAN, net);
     let (ours_ns, ours_wan, stock_ns) = if ours_tls_server {
         (&site.b, "b0", &site.a)
     } else {
@@ -474,7 +382,6 @@ fn p2p_with_stock(
     } else {
         (format!("10.1.{net}.0/24"), format!("10.2.{net}.0/24"))
     };
-    let _ = ours_lan;
     let tcp_server_without_remote = transport == Transport::Tcp && ours_tls_server;
     let ours = start_ours(
         &site,
@@ -519,7 +426,7 @@ fn p2p_with_stock(
         ours_tun.parse().unwrap(),
     );
     if let OvpnRole::P2p { routes, .. } = &mut config.role {
-        routes.push(ours_lan_net(ours_tls_server, net));
+        routes.push(ours_lan.parse().unwrap());
     }
     config.transport = transport;
     config.protection = match protection {
@@ -532,9 +439,7 @@ fn p2p_with_stock(
     config.dev = "ovpn-p".into();
     config.extra = stock_extra;
     let stock = OpenVpnPeer::start(stock_ns, &config, pki).expect("stock p2p");
-    stock
-        .wait_for_log(UP, HANDSHAKE_TIMEOUT)
-        .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
+    wait_stock_up(&stock, &ours);
     wait_established(&ours);
     assert_pings(stock_ns, &ours_tun);
     assert_pings(ours_ns, &stock_tun);
@@ -544,39 +449,11 @@ fn p2p_with_stock(
     } else {
         (format!("10.1.{net}.1"), format!("10.2.{net}.1"))
     };
-    let lan_ping = stock_ns
-        .exec(&[
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            "-I",
-            &stock_lan_host,
-            &ours_lan_host,
-        ])
-        .expect("LAN ping");
-    assert!(
-        lan_ping.status.success(),
-        "LAN to LAN ping: {}",
-        String::from_utf8_lossy(&lan_ping.stdout)
-    );
+    assert_lan_ping(stock_ns, &stock_lan_host, &ours_lan_host);
     if iperf_seconds > 0 {
         assert_iperf(stock_ns, ours_ns, &ours_tun, iperf_seconds);
     }
     (ours, stock, site)
-}
-
-fn ours_lan_net(ours_tls_server: bool, net: u8) -> ipnet::Ipv4Net {
-    if ours_tls_server {
-        format!("10.2.{net}.0/24")
-    } else {
-        format!("10.1.{net}.0/24")
-    }
-    .parse()
-    .unwrap()
 }
 
 #[test]
@@ -660,7 +537,7 @@ fn p2p_our_renegotiation_every_10s_never_stalls() {
         return;
     }
     let pki = Pki::shared().expect("PKI");
-    let site = Site::new(19);
+    let site = TwoSites::new("", WAN, 19);
     let ours = start_ours(
         &site,
         &site.a,
@@ -691,9 +568,7 @@ fn p2p_our_renegotiation_every_10s_never_stalls() {
     config.cipher = "CHACHA20-POLY1305".into();
     config.dev = "ovpn-p".into();
     let stock = OpenVpnPeer::start(&site.b, &config, pki).expect("stock p2p");
-    stock
-        .wait_for_log(UP, HANDSHAKE_TIMEOUT)
-        .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
+    wait_stock_up(&stock, &ours);
     wait_established(&ours);
     assert_iperf(&site.a, &site.b, "10.99.19.2", 30);
     let keys = ours.status().expect("status")["tunnels"][0]["runtime"]["keys_negotiated"]
@@ -713,7 +588,7 @@ fn ours_client_vs_ours_server_udp_and_p2p_tcp() {
         return;
     }
     let pki = Pki::shared().expect("PKI");
-    let site = Site::new(20);
+    let site = TwoSites::new("", WAN, 20);
     let server = start_ours(
         &site,
         &site.b,
@@ -757,7 +632,7 @@ fn ours_client_vs_ours_server_udp_and_p2p_tcp() {
     drop(client);
     drop(server);
 
-    let site = Site::new(21);
+    let site = TwoSites::new("", WAN, 21);
     let b = start_ours(
         &site,
         &site.b,
@@ -805,22 +680,7 @@ fn ours_client_vs_ours_server_udp_and_p2p_tcp() {
     wait_established(&b);
     assert_pings(&site.a, "10.99.21.2");
     assert_pings(&site.b, "10.99.21.1");
-    let lan = site
-        .a
-        .exec(&[
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            "-I",
-            "10.1.21.1",
-            "10.2.21.1",
-        ])
-        .expect("LAN ping");
-    assert!(lan.status.success(), "LAN to LAN ping over our p2p link");
+    assert_lan_ping(&site.a, "10.1.21.1", "10.2.21.1");
     assert_iperf(&site.a, &site.b, "10.99.21.2", 10);
 }
 
@@ -832,7 +692,7 @@ fn server_refuses_bad_client_certificates() {
         return;
     }
     let pki = Pki::shared().expect("PKI");
-    let site = Site::new(22);
+    let site = TwoSites::new("", WAN, 22);
     let ours = start_ours(
         &site,
         &site.b,
@@ -891,7 +751,7 @@ fn tls_crypt_wrong_key_gets_no_answer() {
         return;
     }
     let pki = Pki::shared().expect("PKI");
-    let site = Site::new(23);
+    let site = TwoSites::new("", WAN, 23);
     let ours = start_ours(
         &site,
         &site.b,
@@ -935,7 +795,6 @@ fn tls_crypt_wrong_key_gets_no_answer() {
     );
     let refused = counter(&ours, "control_unauthenticated");
     assert_eq!(refused, 5, "status: {:?}", ours.status());
-    let _ = Path::new("");
 }
 
 /// Peers configured with compression interoperate through the framing alone: stock p2p with
@@ -946,7 +805,7 @@ fn compression_framing_interoperates() {
         return;
     }
     let pki = Pki::shared().expect("PKI");
-    let site = Site::new(24);
+    let site = TwoSites::new("", WAN, 24);
     let ours = start_ours(
         &site,
         &site.a,
@@ -977,9 +836,7 @@ fn compression_framing_interoperates() {
     config.dev = "ovpn-p".into();
     config.extra = vec!["comp-lzo".into()];
     let stock = OpenVpnPeer::start(&site.b, &config, pki).expect("stock p2p");
-    stock
-        .wait_for_log(UP, HANDSHAKE_TIMEOUT)
-        .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
+    wait_stock_up(&stock, &ours);
     wait_established(&ours);
     assert_pings(&site.a, "10.99.24.2");
     assert_pings(&site.b, "10.99.24.1");
@@ -987,7 +844,7 @@ fn compression_framing_interoperates() {
     drop(stock);
     drop(ours);
 
-    let site = Site::new(25);
+    let site = TwoSites::new("", WAN, 25);
     let ours = start_ours(
         &site,
         &site.b,
@@ -1012,9 +869,7 @@ fn compression_framing_interoperates() {
     config.dev = "ovpn-c".into();
     config.extra = vec!["compress stub-v2".into()];
     let client = OpenVpnPeer::start(&site.a, &config, pki).expect("stock client");
-    client
-        .wait_for_log(UP, HANDSHAKE_TIMEOUT)
-        .unwrap_or_else(|error| panic!("{error:#}\nours:\n{}", ours.log()));
+    wait_stock_up(&client, &ours);
     wait_established(&ours);
     assert_pings(&site.a, "10.8.25.1");
     assert_pings(&site.b, "10.8.25.2");

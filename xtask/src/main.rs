@@ -73,8 +73,9 @@ enum Task {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
-    /// Builds the image, then boots it under qemu (TCG) and checks the console markers.
-    /// Scenarios: tunnel, uefi, update, fallback (default: all).
+    /// Builds the image and checks what no VM topology covers: reproducible (a second build gives
+    /// the same bytes, the FATs fsck clean), partition (an image with its site config on APPCONFIG
+    /// boots through OVMF without fw_cfg). Default: both. VM boots are vm-test's.
     ImageTest { scenarios: Vec<String> },
     /// Throughput, CPU and added latency: bare veth, stock OpenVPN 2.6 and our daemon (p2p,
     /// UDP, AES-256-GCM) in network namespaces; results in <target>/bench/results.json.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwapOption;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -263,7 +263,8 @@ enum ControlInput {
     TcpConnected { stream: TcpStream, peer: SocketAddr },
 }
 
-/// A running tunnel.
+/// A running client or p2p tunnel; `role = "server"` tunnels run in
+/// [`ServerRuntime`](super::server::ServerRuntime) instead.
 pub struct TunnelRuntime {
     name: String,
     status: Arc<Mutex<TunnelRuntimeStatus>>,
@@ -273,15 +274,16 @@ pub struct TunnelRuntime {
 }
 
 impl TunnelRuntime {
-    /// Creates the tun device and sockets and starts the tunnel. `link_changed` is notified
-    /// whenever the status changes in a way the eBPF fast path reads (state, peer).
+    /// Creates the tun device and sockets and starts the tunnel. Refuses a `role = "server"`
+    /// tunnel: that is [`ServerRuntime`](super::server::ServerRuntime)'s. `link_changed` is
+    /// notified whenever the status changes in a way the eBPF fast path reads (state, peer).
     pub async fn start(
         config: &Config,
         tunnel: &Tunnel,
         netlink: Arc<Netlink>,
         link_changed: Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<TunnelRuntime> {
-        let tls_role = tls_role(tunnel);
+        let tls_role = tls_role(tunnel)?;
         let pki = PkiMaterial::load(&config.pki).context("loading the PKI")?;
         let checks = PeerChecks {
             remote_cert_tls: tunnel.remote_cert_tls,
@@ -344,11 +346,9 @@ impl TunnelRuntime {
                 let tun_for_tcp = tun_write;
                 let plane_tcp = plane.clone();
                 let tx = input_tx.clone();
-                let listener = match (tunnel.local, tls_role, &tunnel.addressing, tunnel.role) {
-                    (Some(local), _, _, Role::Server)
-                    | (Some(local), TlsRole::Server, Addressing::P2p { .. }, _)
-                        if tunnel.remotes.is_empty() || tunnel.role == Role::Server =>
-                    {
+                // Only a p2p TLS server without a remote accepts; everyone else dials out.
+                let listener = match tunnel.local {
+                    Some(local) if tls_role == TlsRole::Server && tunnel.remotes.is_empty() => {
                         Some(
                             TcpListener::bind(local)
                                 .with_context(|| format!("listening on TCP {local}"))?,
@@ -458,13 +458,23 @@ pub(super) fn spawn_named(
         .context("spawning a data-path thread")
 }
 
-fn tls_role(tunnel: &Tunnel) -> TlsRole {
+/// This end's TLS role; an error for a server tunnel, which [`TunnelRuntime`] does not run.
+fn tls_role(tunnel: &Tunnel) -> anyhow::Result<TlsRole> {
     match (&tunnel.role, &tunnel.addressing) {
-        (Role::Client, _) => TlsRole::Client,
-        (Role::Server, _) => TlsRole::Server,
-        (Role::P2p, Addressing::P2p { tls, .. }) => *tls,
-        (Role::P2p, _) => TlsRole::Server,
+        (Role::Server, _) | (_, Addressing::Server { .. }) => Err(not_single_peer(tunnel)),
+        (Role::Client, _) => Ok(TlsRole::Client),
+        (Role::P2p, Addressing::P2p { tls, .. }) => Ok(*tls),
+        (Role::P2p, _) => Ok(TlsRole::Server),
     }
+}
+
+/// The refusal of a `role = "server"` tunnel, which the multi-client runtime runs.
+fn not_single_peer(tunnel: &Tunnel) -> anyhow::Error {
+    anyhow::anyhow!(
+        "tunnel `{}` has role = \"server\": it runs in the multi-client ServerRuntime, \
+         not the single-peer TunnelRuntime",
+        tunnel.name
+    )
 }
 
 /// The static key material of the control-channel protection, read once.
@@ -518,15 +528,7 @@ fn session_config(tunnel: &Tunnel, tls: TlsSetup) -> anyhow::Result<SessionConfi
     let mode = match &tunnel.addressing {
         Addressing::Client => SessionMode::Client,
         Addressing::P2p { .. } => SessionMode::P2p,
-        Addressing::Server {
-            subnet,
-            topology,
-            push_routes,
-            ..
-        } => SessionMode::Server {
-            push: server_push(*subnet, *topology, push_routes),
-            peer_id: 0,
-        },
+        Addressing::Server { .. } => return Err(not_single_peer(tunnel)),
     };
     let mut config = SessionConfig::new(tls, mode, tunnel.transport, tunnel.ciphers.clone());
     let ifconfig = match &tunnel.addressing {
@@ -535,7 +537,7 @@ fn session_config(tunnel: &Tunnel, tls: TlsSetup) -> anyhow::Result<SessionConfi
     };
     let occ_transport = match (tunnel.transport, tls_role) {
         (Transport::Udp, _) => OccTransport::Udp,
-        // Over TCP the TLS client opens the connection, except a server's clients.
+        // OCC names the TCP end by TLS role, as OpenVPN's tcp-client / tcp-server.
         (Transport::Tcp, TlsRole::Client) => OccTransport::TcpClient,
         (Transport::Tcp, TlsRole::Server) => OccTransport::TcpServer,
     };
@@ -566,17 +568,6 @@ fn session_config(tunnel: &Tunnel, tls: TlsSetup) -> anyhow::Result<SessionConfi
         Some(Compress::Stub) => CompressionFraming::StubV1,
         Some(Compress::StubV2) => CompressionFraming::StubV2,
     };
-    if let SessionMode::Server { push, .. } = &mut config.mode {
-        // Tell clients the framing, as an OpenVPN server with the same setting does.
-        push.compression = tunnel.compress.map(|compress| {
-            match compress {
-                Compress::LzoStub => "comp-lzo no",
-                Compress::Stub => "compress",
-                Compress::StubV2 => "compress stub-v2",
-            }
-            .to_owned()
-        });
-    }
     config.replay = ReplayConfig {
         tcp: tunnel.transport == Transport::Tcp,
         ..ReplayConfig::default()
@@ -584,32 +575,7 @@ fn session_config(tunnel: &Tunnel, tls: TlsSetup) -> anyhow::Result<SessionConfi
     Ok(config)
 }
 
-/// What our server pushes to its (one, for now) client, besides cipher/peer-id/keepalive.
-fn server_push(subnet: Ipv4Net, topology: Topology, push_routes: &[Ipv4Net]) -> PushOptions {
-    let mut push = PushOptions::default();
-    let base = u32::from(subnet.network());
-    match topology {
-        Topology::Subnet => {
-            push.topology = Some(Topology::Subnet);
-            push.route_gateway = Some(Ipv4Addr::from(base + 1));
-            push.ifconfig = Some((Ipv4Addr::from(base + 2), subnet.netmask()));
-        }
-        Topology::Net30 => {
-            push.topology = Some(Topology::Net30);
-            // The server is .1 (peer .2); the first client gets the second /30, as OpenVPN does.
-            push.ifconfig = Some((Ipv4Addr::from(base + 6), Ipv4Addr::from(base + 5)));
-            if let Ok(server) = Ipv4Net::new(Ipv4Addr::from(base + 1), 32) {
-                push.routes.push((server, None));
-            }
-        }
-    }
-    for route in push_routes {
-        push.routes.push((*route, None));
-    }
-    push
-}
-
-/// Addresses and routes known before any peer connects (p2p and server).
+/// Addresses and routes known before any peer connects (p2p).
 async fn configure_static_addresses(
     netlink: &Netlink,
     index: u32,
@@ -621,33 +587,8 @@ async fn configure_static_addresses(
                 .add_address(index, IpAddr::V4(*local), 32, Some(IpAddr::V4(*remote)))
                 .await?;
         }
-        Addressing::Server {
-            subnet, topology, ..
-        } => {
-            let base = u32::from(subnet.network());
-            let server = Ipv4Addr::from(base + 1);
-            match topology {
-                Topology::Subnet => {
-                    netlink
-                        .add_address(index, IpAddr::V4(server), subnet.prefix_len(), None)
-                        .await?
-                }
-                Topology::Net30 => {
-                    netlink
-                        .add_address(
-                            index,
-                            IpAddr::V4(server),
-                            32,
-                            Some(IpAddr::V4(Ipv4Addr::from(base + 2))),
-                        )
-                        .await?;
-                    netlink
-                        .replace_route(IpNet::V4(*subnet), None, index, None)
-                        .await?;
-                }
-            }
-        }
-        Addressing::Client => {}
+        // `start` refused a server before getting here.
+        Addressing::Server { .. } | Addressing::Client => {}
     }
     for route in &tunnel.routes {
         netlink.replace_route(*route, None, index, None).await?;
@@ -1495,5 +1436,45 @@ fn read_tcp_frames(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// site-a.toml: tunnel 0 is p2p with `tls = "server"`, tunnel 1 is a `role = "server"`.
+    fn site_a() -> Config {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/site-a.toml");
+        let text = std::fs::read_to_string(&path).expect("reading site-a.toml");
+        Config::parse(&text, &path).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    fn server_setup(config: &Config) -> TlsSetup {
+        let pki = PkiMaterial::load(&config.pki).expect("loading the example PKI");
+        TlsSetup::Server(tls::server_config(&pki, &PeerChecks::default()).expect("server config"))
+    }
+
+    #[test]
+    fn refuses_a_server_tunnel() {
+        let config = site_a();
+        let server = &config.tunnels[1];
+        assert_eq!(server.role, Role::Server);
+        let error = tls_role(server).expect_err("a server tunnel has no single-peer TLS role");
+        assert!(error.to_string().contains("ServerRuntime"), "{error}");
+        let Err(error) = session_config(server, server_setup(&config)) else {
+            panic!("a server tunnel has no single-peer session config");
+        };
+        assert!(error.to_string().contains("ServerRuntime"), "{error}");
+    }
+
+    #[test]
+    fn p2p_tls_server_end_keeps_its_role() {
+        let config = site_a();
+        let p2p = &config.tunnels[0];
+        assert_eq!(p2p.role, Role::P2p);
+        assert_eq!(tls_role(p2p).expect("p2p tls role"), TlsRole::Server);
+        let session = session_config(p2p, server_setup(&config)).expect("p2p session config");
+        assert!(matches!(session.mode, SessionMode::P2p));
     }
 }

@@ -1,10 +1,11 @@
-//! Booting the image under qemu (TCG: this machine's /dev/kvm runs no ordinary guests) and
-//! waiting for the init's marker lines on the serial console. Used by `cargo xtask image-test`
-//! and meant for the VM harness too.
+//! Booting a disk image under qemu (TCG: this machine's /dev/kvm runs no ordinary guests)
+//! through OVMF, and waiting for the init's marker lines on the serial console: for
+//! `cargo xtask image-test partition`, which boots an image of its own. Topologies of VMs are the
+//! VM harness's (xtask/src/vm/).
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{mpsc, Arc, Mutex},
     time::{Duration, Instant},
@@ -12,28 +13,15 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use super::ImageArtifacts;
-
 /// OVMF as one flash file (code + volatile variables): enough for systemd-boot and its counters.
 pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
-/// How a VM starts.
-#[derive(Debug, Clone)]
-pub enum BootMode {
-    /// `-kernel vmlinux -initrd initramfs` (PVH entry, fastest); `extra_cmdline` is appended.
-    Direct { extra_cmdline: String },
-    /// UEFI firmware -> systemd-boot -> UKI from `disk` (a writable copy of disk.img: boot
-    /// counting renames files on its ESP). The VM reboots when the guest does.
-    Uefi { disk: PathBuf },
-}
-
-/// Everything about one VM besides the boot mode.
+/// Everything about one VM besides its disk. No fw_cfg: the config comes from the disk's
+/// APPCONFIG partition, as on hardware.
 #[derive(Debug, Clone, Default)]
 pub struct VmOptions {
     /// Shown in errors and log prefixes.
     pub name: String,
-    /// `(name, file)`: passed as `-fw_cfg name=opt/appliance/<name>,file=<file>`.
-    pub fw_cfg: Vec<(String, PathBuf)>,
     /// Extra qemu arguments (NICs: `-netdev ... -device virtio-net-pci,...`).
     pub qemu_args: Vec<String>,
     /// Guest memory; UEFI needs 256 (default) with this image.
@@ -50,12 +38,9 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Starts qemu for `artifacts` booted as `mode`.
-    pub fn start(
-        artifacts: &ImageArtifacts,
-        mode: &BootMode,
-        options: &VmOptions,
-    ) -> anyhow::Result<Self> {
+    /// Starts qemu: UEFI firmware -> systemd-boot -> UKI from `disk` (a writable copy of
+    /// disk.img: boot counting renames files on its ESP). The VM reboots when the guest does.
+    pub fn start(disk: &Path, options: &VmOptions) -> anyhow::Result<Self> {
         let memory = if options.memory_mib == 0 {
             256
         } else {
@@ -66,32 +51,11 @@ impl Vm {
             .args(["-accel", "tcg", "-machine", "q35", "-smp", "1"])
             .args(["-m", &memory.to_string()])
             .args(["-nographic", "-nodefaults", "-serial", "stdio"])
-            .args(["-device", "virtio-rng-pci"]);
-        match mode {
-            BootMode::Direct { extra_cmdline } => {
-                command
-                    .arg("-kernel")
-                    .arg(&artifacts.vmlinux)
-                    .arg("-initrd")
-                    .arg(&artifacts.initramfs)
-                    .arg("-append")
-                    .arg(format!("{} {extra_cmdline}", artifacts.cmdline).trim_end())
-                    .arg("-no-reboot");
-            }
-            BootMode::Uefi { disk } => {
-                command
-                    .args(["-bios", OVMF])
-                    .arg("-drive")
-                    .arg(format!("file={},format=raw,if=virtio", disk.display()));
-            }
-        }
-        for (name, file) in &options.fw_cfg {
-            command
-                .arg("-fw_cfg")
-                .arg(format!("name=opt/appliance/{name},file={}", file.display()));
-        }
-        command.args(&options.qemu_args);
-        command
+            .args(["-device", "virtio-rng-pci"])
+            .args(["-bios", OVMF])
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", disk.display()))
+            .args(&options.qemu_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -166,51 +130,6 @@ impl Vm {
                 }
             }
         }
-    }
-
-    /// Waits until every one of `markers` has appeared (in any order: a run hook's output and
-    /// the tunnel monitor's lines interleave); returns them in the order given.
-    pub fn wait_for_all(
-        &mut self,
-        markers: &[&str],
-        timeout: Duration,
-    ) -> anyhow::Result<Vec<(String, Duration)>> {
-        let deadline = Instant::now() + timeout;
-        let mut found: Vec<Option<(String, Duration)>> = vec![None; markers.len()];
-        while found.iter().any(Option::is_none) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let missing = || {
-                markers
-                    .iter()
-                    .zip(&found)
-                    .filter(|(_, seen)| seen.is_none())
-                    .map(|(marker, _)| *marker)
-                    .collect::<Vec<_>>()
-                    .join("`, `")
-            };
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    for (marker, seen) in markers.iter().zip(found.iter_mut()) {
-                        if let (None, Some(at)) = (&seen, line.find(marker)) {
-                            *seen = Some((line[at..].to_owned(), self.started.elapsed()));
-                        }
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
-                    "{}: no `{}` within {timeout:?}; console:\n{}",
-                    self.name,
-                    missing(),
-                    self.tail(60)
-                ),
-                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
-                    "{}: qemu ended before `{}`; console:\n{}",
-                    self.name,
-                    missing(),
-                    self.tail(60)
-                ),
-            }
-        }
-        Ok(found.into_iter().flatten().collect())
     }
 
     /// The whole console output so far.

@@ -71,13 +71,15 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "update",
-        about: "update into slot B: trial boot blessed; a bad image in slot B falls back to A by itself",
+        about: "update into slot B: trial boot blessed; a bad image in slot B falls back to A by \
+                itself; an update medium attached at boot is installed and blessed",
         smoke: false,
         run: update,
     },
 ];
 
-/// Boots the two-site topology and waits for both tunnels and every command channel.
+/// Boots the two-site topology and waits for every command channel and both tunnels; each
+/// appliance must have taken its config from fw_cfg and addressed its WAN as the topology says.
 pub fn start_two_site(context: &Context) -> anyhow::Result<Lab> {
     let topology = Topology::load("two-site")?;
     let options = LabOptions {
@@ -86,8 +88,15 @@ pub fn start_two_site(context: &Context) -> anyhow::Result<Lab> {
     };
     let mut lab = Lab::start(&topology, &context.boot, &context.log_dir, &options)?;
     lab.wait_all("AGENT-READY", BOOT_TIMEOUT)?;
-    for site in ["site-a", "site-b"] {
-        lab.vm(site)?.wait_seen("TUNNEL-UP", TUNNEL_TIMEOUT)?;
+    for (site, wan, tunnel) in [
+        ("site-a", "10.77.0.1/24", "to-site-b"),
+        ("site-b", "10.77.0.2/24", "to-site-a"),
+    ] {
+        let vm = lab.vm(site)?;
+        // Printed before AGENT-READY, so already seen.
+        vm.wait_seen("APPLIANCE-CONFIG source=fw_cfg", BOOT_TIMEOUT)?;
+        vm.wait_seen(&format!("APPLIANCE-NET wan0 {wan}"), BOOT_TIMEOUT)?;
+        vm.wait_seen(&format!("TUNNEL-UP {tunnel}"), TUNNEL_TIMEOUT)?;
     }
     Ok(lab)
 }
@@ -169,6 +178,15 @@ fn wan_faults(context: &Context) -> anyhow::Result<()> {
 fn two_site(context: &Context) -> anyhow::Result<()> {
     let mut lab = start_two_site(context)?;
     traffic_crosses(&mut lab)?;
+    // The appliance's own traffic takes the tunnel too: site-a pings site-b's tunnel address.
+    let ping = lab
+        .vm("site-a")?
+        .run_ok("ping -c 3 -W 2 10.99.0.2", COMMAND_TIMEOUT)?;
+    ensure!(
+        ping.contains("3 packets received"),
+        "site-a -> site-b tunnel address lost pings:\n{ping}"
+    );
+    println!("    ping site-a -> 10.99.0.2 (site-b's tunnel address): 3 of 3");
     Ok(())
 }
 
@@ -298,8 +316,8 @@ fn uefi_disk(context: &Context) -> anyhow::Result<()> {
     let vm = lab.vm("site-a")?;
     let boot = vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
     ensure!(
-        boot.contains("slot=a"),
-        "expected a first boot from slot A: {boot}"
+        boot.contains("version=") && boot.contains("slot=a"),
+        "expected a first boot from slot A, with the image version: {boot}"
     );
     let config = vm.wait_for("APPLIANCE-CONFIG", BOOT_TIMEOUT)?;
     ensure!(
@@ -314,10 +332,35 @@ fn uefi_disk(context: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for a disk VM's first boot, which must be from slot A.
+fn first_boot_from_a(vm: &mut Vm) -> anyhow::Result<()> {
+    let first = vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
+    ensure!(
+        first.contains("slot=a"),
+        "first boot not from slot A: {first}"
+    );
+    Ok(())
+}
+
+/// After a good update to slot B: waits for the trial boot of the new image (`uki_next`) from
+/// slot B and for its blessing; returns both lines.
+fn trial_boot_blessed(vm: &mut Vm) -> anyhow::Result<(String, String)> {
+    let trial = vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
+    ensure!(
+        trial.contains("slot=b image=next"),
+        "trial boot not of the new image from slot B: {trial}"
+    );
+    let blessed = vm.wait_for("SLOT-BLESSED", BOOT_TIMEOUT)?;
+    ensure!(blessed.ends_with('b'), "slot B not blessed: {blessed}");
+    Ok((trial, blessed))
+}
+
 /// The update path on fresh copies of the disk image, run through the image's own
 /// `appliance-update` (the new UKI reaches the guest as a raw disk): a good image is written to
 /// slot B, boots on trial and is blessed; a bad one (its init fails) written to slot B with one
-/// try falls back to slot A by itself.
+/// try falls back to slot A by itself. Then the hands-off path: an update medium (an `APPUPDATE`
+/// disk, see `image::build_update_disk`) attached at boot is installed by init, with the tries
+/// it names, rebooted into and blessed.
 fn update(context: &Context) -> anyhow::Result<()> {
     let good = context
         .boot
@@ -332,35 +375,25 @@ fn update(context: &Context) -> anyhow::Result<()> {
     {
         let mut lab = start_disk_in(context, &context.log_dir.join("good"), Some(&good))?;
         let vm = lab.vm("site-a")?;
-        let first = vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
-        ensure!(
-            first.contains("slot=a"),
-            "first boot not from slot A: {first}"
-        );
+        first_boot_from_a(vm)?;
         vm.wait_for("AGENT-READY", BOOT_TIMEOUT)?;
         let written = install_update(vm, &good, None)?;
         ensure!(
             written.contains("slot=b"),
             "update not written to slot B: {written}"
         );
-        let trial = vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
-        ensure!(
-            trial.contains("slot=b"),
-            "trial boot not from slot B: {trial}"
-        );
-        let blessed = vm.wait_for("SLOT-BLESSED", BOOT_TIMEOUT)?;
-        ensure!(blessed.ends_with('b'), "slot B not blessed: {blessed}");
+        let (trial, blessed) = trial_boot_blessed(vm)?;
         println!("    good image: {written} -> {trial} -> {blessed}");
     }
     {
         let mut lab = start_disk_in(context, &context.log_dir.join("bad"), Some(&bad))?;
         let vm = lab.vm("site-a")?;
-        vm.wait_for("APPLIANCE-BOOT", UEFI_TIMEOUT)?;
+        first_boot_from_a(vm)?;
         vm.wait_for("AGENT-READY", BOOT_TIMEOUT)?;
         let written = install_update(vm, &bad, Some(1))?;
         ensure!(
-            written.contains("slot=b"),
-            "bad update not written to slot B: {written}"
+            written.contains("slot=b tries=1"),
+            "bad update not written to slot B with one try: {written}"
         );
         // The bad image panics on purpose (its init exits); panic=5 reboots.
         vm.set_fatal_markers(&[]);
@@ -376,6 +409,28 @@ fn update(context: &Context) -> anyhow::Result<()> {
             "fallback names the wrong slot: {fallback}"
         );
         println!("    bad image: {written} -> BAD-IMAGE -> {again} -> {fallback}");
+    }
+    {
+        let log_dir = context.log_dir.join("medium");
+        std::fs::create_dir_all(&log_dir)?;
+        let medium = log_dir.join("update-medium.img");
+        crate::image::build_update_disk(&good, Some(2), &medium)?;
+        let topology = Topology::load("uefi-single")?;
+        let options = LabOptions {
+            extra_drives: vec![("site-a".to_owned(), medium)],
+            ..LabOptions::default()
+        };
+        let mut lab = Lab::start(&topology, &context.boot, &log_dir, &options)?;
+        let vm = lab.vm("site-a")?;
+        first_boot_from_a(vm)?;
+        let written = vm.wait_for("UPDATE-WRITTEN", BOOT_TIMEOUT)?;
+        ensure!(
+            written.contains("slot=b tries=2"),
+            "the medium's update not written to slot B with its two tries: {written}"
+        );
+        vm.wait_for("UPDATE-REBOOT", BOOT_TIMEOUT)?;
+        let (trial, blessed) = trial_boot_blessed(vm)?;
+        println!("    update medium: {written} -> {trial} -> {blessed}");
     }
     Ok(())
 }
