@@ -819,6 +819,9 @@ impl ControlTask {
             self.set_udp_peer(from);
         }
         self.session = Some(candidate);
+        // Until the new session is established the link carries nothing: the fast path must
+        // not steer flows onto it meanwhile.
+        self.set_state("connecting", None);
     }
 
     /// Hands one control packet to `session` and counts what it refused.
