@@ -1003,25 +1003,6 @@ fn pinned_map_keys(path: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A daemon log line without its ANSI colour codes.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Seconds since midnight UTC of a log line's tracing timestamp (`2026-11-21T13:06:06.123456Z`).
 fn log_seconds(line: &str) -> Option<f64> {
     let clock = line.split_whitespace().next()?.split_once('T')?.1;
@@ -1045,17 +1026,17 @@ fn log_delay(
     cause: impl Fn(&[&str]) -> bool,
     effect: impl Fn(&[&str]) -> bool,
 ) -> Option<(Duration, String, String)> {
-    let lines: Vec<String> = log.lines().map(plain).collect();
+    let lines: Vec<&str> = log.lines().collect();
     let first = lines.iter().rposition(|line| cause(&split(line)))?;
     let second = lines[first..].iter().find(|line| effect(&split(line)))?;
-    let mut seconds = log_seconds(second)? - log_seconds(&lines[first])?;
+    let mut seconds = log_seconds(second)? - log_seconds(lines[first])?;
     if seconds < 0.0 {
         seconds += 86_400.0; // across midnight
     }
     Some((
         Duration::from_secs_f64(seconds),
-        lines[first].clone(),
-        second.clone(),
+        lines[first].to_owned(),
+        (*second).to_owned(),
     ))
 }
 

@@ -339,7 +339,7 @@ fn ours_up(topology: &Topology, pki: &Pki, binary: &Path, work: &Path) -> anyhow
         let tails: Vec<String> = daemons
             .iter()
             .map(|(daemon, log)| {
-                let text = strip_ansi(&daemon.log());
+                let text = daemon.log();
                 let lines: Vec<&str> = text.lines().collect();
                 format!(
                     "{} (pid {:?}): {}",
@@ -532,24 +532,6 @@ fn box_ticks() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
-/// The log without terminal colour sequences (ESC [ ... letter).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
@@ -650,14 +632,6 @@ mod tests {
         assert_eq!(summary["min"], json!(1.0));
         assert_eq!(summary["max"], json!(10.0));
         assert_eq!(summarize(&[]), Value::Null);
-    }
-
-    #[test]
-    fn ansi_colours_are_stripped() {
-        assert_eq!(
-            strip_ansi("\u{1b}[2mtime\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x"),
-            "time  WARN x"
-        );
     }
 
     #[test]
