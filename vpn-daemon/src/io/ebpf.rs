@@ -709,8 +709,9 @@ fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Sche
 
 /// Kernel reverse-path filtering off on a tun whose sources our TC program now polices: strict
 /// mode would drop return traffic of flows steered over a link other than the kernel route's, and
-/// loose mode would let a tunnel send from any routable address. The kernel applies the larger of
-/// `all` and the device's value, so a strict `all` still wins; that is reported, not changed.
+/// loose mode checks less than the policing does (any routable source passes). The kernel applies
+/// the larger of `all` and the device's value, so a strict `all` still wins; that is reported, not
+/// changed.
 fn turn_off_rp_filter(device: &str) {
     let path = format!("/proc/sys/net/ipv4/conf/{device}/rp_filter");
     if let Err(error) = std::fs::write(&path, "0") {
