@@ -191,6 +191,12 @@ fn spoofed_inner_source_is_dropped_while_legitimate_traffic_flows() {
     // daemon turns it off on its tun once the source policing is attached there.
     a.exec(&["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=1"])
         .unwrap();
+    // New devices get IPv6 (the harness turns it off elsewhere): the daemon must turn it off on
+    // its tuns, or the kernel's link-local chatter crosses the tunnel and counts as spoofed.
+    for ns in [&a, &b] {
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=0"])
+            .unwrap();
+    }
     let dir = tempfile::tempdir().unwrap();
     let link = P2p {
         name: "s".into(),
@@ -234,6 +240,17 @@ fn spoofed_inner_source_is_dropped_while_legitimate_traffic_flows() {
         "0",
         "kernel rp_filter off on the policed tun"
     );
+    for ns in [&a, &b] {
+        let disabled = ns
+            .exec(&["cat", "/proc/sys/net/ipv6/conf/vpn-s/disable_ipv6"])
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&disabled.stdout).trim(),
+            "1",
+            "IPv6 off on the tun in {}",
+            ns.name()
+        );
+    }
     let before = daemon_a.status().unwrap();
 
     // Spoofed and legitimate pings at the same time, through the same tunnel.

@@ -34,7 +34,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::netlink::Netlink;
 use super::tun::{TunDevice, TunQueue};
 use super::tunnel::{
-    load_protection, set_nonblocking, spawn_named, wait_readable, ProtectionSource,
+    disable_ipv6, load_protection, set_nonblocking, spawn_named, wait_readable, ProtectionSource,
     TunnelRuntimeStatus,
 };
 use super::udp_batch::{RecvBatch, SendBatch};
@@ -375,6 +375,7 @@ impl ServerRuntime {
 
         let device = TunDevice::create(&tunnel.device, 1)
             .with_context(|| format!("creating tun {}", tunnel.device))?;
+        disable_ipv6(&tunnel.device);
         let ifindex = device.ifindex();
         netlink
             .set_link_up(ifindex, Some(u32::from(tunnel.mtu)))

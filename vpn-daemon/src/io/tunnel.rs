@@ -1020,12 +1020,27 @@ fn create_tun(name: &str) -> anyhow::Result<TunDevice> {
         vnet_hdr: true,
         offload: OFFLOAD_TCP,
     };
-    match TunDevice::create_with(name, options) {
-        Ok(device) => Ok(device),
+    let device = match TunDevice::create_with(name, options) {
+        Ok(device) => device,
         Err(error) => {
             tracing::warn!(error = %format!("{error:#}"), "tun offloads unavailable, one packet per syscall");
-            TunDevice::create(name, 1).with_context(|| format!("creating tun {name}"))
+            TunDevice::create(name, 1).with_context(|| format!("creating tun {name}"))?
         }
+    };
+    disable_ipv6(name);
+    Ok(device)
+}
+
+/// IPv6 off on a new (still down) tun: tunnels carry IPv4 only, and otherwise the kernel's own
+/// link-local chatter (DAD, router solicitations, MLD reports) would cross the tunnel and land
+/// in the peer's `dropped_spoofed` counter.
+pub(super) fn disable_ipv6(device: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Ok(()) => {}
+        // A kernel without IPv6 has nothing to turn off.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(device, %error, "could not turn off IPv6 on the tun"),
     }
 }
 
