@@ -167,6 +167,30 @@ fn check(
     }
 }
 
+/// `frame` is redirected by the steering program (one `redirected` count, nothing else) and lands
+/// on the link with `link_ifindex`: its per-link packet counter moves by one.
+fn assert_steered_to(ebpf: &Ebpf, names: &[&str], name: &str, frame: Vec<u8>, link_ifindex: u32) {
+    let before = link_packets(ebpf, link_ifindex);
+    check(
+        ebpf,
+        TC_STEER_PROGRAM,
+        STEER_COUNTERS_MAP,
+        names,
+        (
+            name,
+            frame,
+            1,
+            SteerCounter::Redirected as usize,
+            TC_ACT_REDIRECT,
+        ),
+    );
+    assert_eq!(
+        link_packets(ebpf, link_ifindex),
+        before + 1,
+        "{name} went to ifindex {link_ifindex}"
+    );
+}
+
 fn prefix(text: &str) -> (IpAddr, u32) {
     let net: ipnet::IpNet = text.parse().unwrap();
     (net.addr(), prefix_bits(net.addr(), net.prefix_len()))
@@ -404,24 +428,12 @@ fn tc_lan_ingress_steers_flows_by_rendezvous_hash() {
         };
         let slot = choose_link(&group, flow_hash(&key)).unwrap();
         let ifindex = group.links[slot].ifindex;
-        let before = link_packets(&ebpf, ifindex);
-        check(
+        assert_steered_to(
             &ebpf,
-            TC_STEER_PROGRAM,
-            STEER_COUNTERS_MAP,
             &names,
-            (
-                "flow",
-                ipv4(src, dst, protocol, 0, &ports(10_000 + flow, 5201)),
-                1,
-                SteerCounter::Redirected as usize,
-                TC_ACT_REDIRECT,
-            ),
-        );
-        assert_eq!(
-            link_packets(&ebpf, ifindex),
-            before + 1,
-            "flow {flow} went to ifindex {ifindex}"
+            &format!("flow {flow}"),
+            ipv4(src, dst, protocol, 0, &ports(10_000 + flow, 5201)),
+            ifindex,
         );
         predicted[slot] += 1;
     }
@@ -447,21 +459,7 @@ fn tc_lan_ingress_steers_flows_by_rendezvous_hash() {
             ipv4("10.1.0.5", "10.2.7.9", IPPROTO_UDP, 0x0040, &[0; 8]),
         ),
     ] {
-        let before = link_packets(&ebpf, fragment_link);
-        check(
-            &ebpf,
-            TC_STEER_PROGRAM,
-            STEER_COUNTERS_MAP,
-            &names,
-            (
-                name,
-                frame,
-                1,
-                SteerCounter::Redirected as usize,
-                TC_ACT_REDIRECT,
-            ),
-        );
-        assert_eq!(link_packets(&ebpf, fragment_link), before + 1, "{name}");
+        assert_steered_to(&ebpf, &names, name, frame, fragment_link);
     }
 
     // IPv6 extension headers are walked to the ports: each flow lands on its predicted link.
@@ -482,24 +480,12 @@ fn tc_lan_ingress_steers_flows_by_rendezvous_hash() {
             IPPROTO_UDP,
             &ports(7000 + flow, 53),
         );
-        let before = link_packets(&ebpf, ifindex);
-        check(
+        assert_steered_to(
             &ebpf,
-            TC_STEER_PROGRAM,
-            STEER_COUNTERS_MAP,
             &names,
-            (
-                "ipv6 flow behind extension headers",
-                ipv6("fd01::5", "fd02::9", first, &chain),
-                1,
-                SteerCounter::Redirected as usize,
-                TC_ACT_REDIRECT,
-            ),
-        );
-        assert_eq!(
-            link_packets(&ebpf, ifindex),
-            before + 1,
-            "ipv6 flow {flow} went to ifindex {ifindex}"
+            &format!("ipv6 flow {flow} behind extension headers"),
+            ipv6("fd01::5", "fd02::9", first, &chain),
+            ifindex,
         );
     }
     // IPv6 fragments, first or later, hash alike (without ports), so a datagram stays on one link.
@@ -516,21 +502,13 @@ fn tc_lan_ingress_steers_flows_by_rendezvous_hash() {
     ] {
         let (first, chain) =
             ipv6_extension_chain(&[ipv6_fragment_header(offset)], IPPROTO_UDP, &l4);
-        let before = link_packets(&ebpf, fragment_link);
-        check(
+        assert_steered_to(
             &ebpf,
-            TC_STEER_PROGRAM,
-            STEER_COUNTERS_MAP,
             &names,
-            (
-                name,
-                ipv6("fd01::5", "fd02::9", first, &chain),
-                1,
-                SteerCounter::Redirected as usize,
-                TC_ACT_REDIRECT,
-            ),
+            name,
+            ipv6("fd01::5", "fd02::9", first, &chain),
+            fragment_link,
         );
-        assert_eq!(link_packets(&ebpf, fragment_link), before + 1, "{name}");
     }
 
     use SteerCounter::*;
