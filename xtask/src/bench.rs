@@ -3,17 +3,23 @@
 //!
 //! ```text
 //!   ns vpnb-<pid>-N-a (iperf3 -c, ping)            ns vpnb-<pid>-N-b (iperf3 -s)
-//!   +-------------------------------+    veth    +-------------------------------+
-//!   | veth0 10.250.0.1/24           |------------| veth0 10.250.0.2/24           |
-//!   | openvpn: bench-ovpn 10.251.0.1 |            | openvpn: bench-ovpn 10.251.0.2 |
-//!   | ours:    bench-ours 10.252.0.1 |            | ours:    bench-ours 10.252.0.2 |
-//!   +-------------------------------+            +-------------------------------+
+//!   veth0 10.250.0.1/24    <-------- veth -------> veth0 10.250.0.2/24
+//!
+//!   leg                    tun in a                tun in b
+//!   OpenVPN p2p            bench-ovpn  10.251.0.1  bench-ovpn  10.251.0.2
+//!   ours p2p               bench-ours  10.252.0.1  bench-ours  10.252.0.2
+//!   OpenVPN server+client  bench-ovcli (pool)      bench-ovsrv 10.253.0.1 (server 10.253.0.0/24)
+//!   ours server+client     bench-ocli  (pool)      bench-osrv  10.254.0.1 (server 10.254.0.0/24)
 //! ```
-//! Legs run one after the other: bare veth, OpenVPN p2p TLS (UDP, AES-256-GCM, userspace data
-//! channel), then ours (p2p, UDP, AES-256-GCM). Each run: iperf3 TCP with 1 and 4 streams
-//! (a → b, `-O 1`), CPU of the VPN processes of both ends from /proc/PID/stat over the
-//! iperf3 measurement window (% of one core; this box has 2), and `ping -c 100 -i 0.01`.
-//! Results: a table of medians [min–max] over the runs and `<target>/bench/results.json`.
+//! Legs run one after the other: bare veth; p2p: OpenVPN p2p TLS (UDP, AES-256-GCM, userspace
+//! data channel), then ours (p2p, UDP, AES-256-GCM); server + one client: stock `openvpn` in
+//! `server` mode with one stock client, then our daemon with a `role = "server"` tunnel and our
+//! daemon with a `role = "client"` tunnel (UDP, AES-256-GCM; the client gets its address from the
+//! server's pool). Traffic goes a → b, client to server. Each run: iperf3 TCP with 1 and 4
+//! streams (`-O 1`), CPU of the VPN processes of both ends from /proc/PID/stat over the iperf3
+//! measurement window (% of one core; this box has 2), and `ping -c 100 -i 0.01`.
+//! Results: one table per mode (p2p, server + client) of medians [min–max] over the runs, and
+//! `<target>/bench/results.json`.
 
 use std::{
     collections::BTreeMap,
@@ -42,9 +48,15 @@ const OVPN_A: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
 const OVPN_B: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 2);
 const OURS_A: Ipv4Addr = Ipv4Addr::new(10, 252, 0, 1);
 const OURS_B: Ipv4Addr = Ipv4Addr::new(10, 252, 0, 2);
+/// Stock OpenVPN's `server` subnet; the server has its first host, the client one from the pool.
+const OVPN_SERVER_SUBNET: &str = "10.253.0.0/24";
+const OVPN_SERVER: Ipv4Addr = Ipv4Addr::new(10, 253, 0, 1);
+/// Our server tunnel's `server` subnet and its own address (the default, the first host).
+const OURS_SERVER_SUBNET: &str = "10.254.0.0/24";
+const OURS_SERVER: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 1);
 const TUNNEL_PORT: u16 = 1194;
 const IPERF_PORT: u16 = 5201;
-/// How long our daemon gets to bring the tunnel up before its leg is reported as not runnable.
+/// How long our daemons get to bring the tunnel up before their leg is reported as not runnable.
 const OURS_UP_TIMEOUT: Duration = Duration::from_secs(15);
 const PING_COUNT: u32 = 100;
 const STREAM_COUNTS: [u32; 2] = [1, 4];
@@ -53,6 +65,8 @@ const STREAM_COUNTS: [u32; 2] = [1, 4];
 pub struct BenchOptions {
     pub runs: u32,
     pub duration: u32,
+    /// A `vpn-daemon` executable to measure instead of building the workspace's (release).
+    pub daemon: Option<PathBuf>,
 }
 
 /// The two benchmark namespaces and their veth.
@@ -90,7 +104,10 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
     if options.runs == 0 || options.duration < 2 {
         bail!("--runs must be at least 1 and --duration at least 2 seconds");
     }
-    let daemon_binary = step("build vpn-daemon (release)", build_release_daemon);
+    let daemon_binary = match &options.daemon {
+        Some(path) => given_daemon(path),
+        None => step("build vpn-daemon (release)", build_release_daemon),
+    };
     // Configs and logs stay after the run (next to results.json) for a look at failures.
     let work = results_path()
         .parent()
@@ -135,10 +152,37 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
     })
     .unwrap_or_else(|error| not_runnable(&error));
     legs.insert("ours", ours);
+
+    let openvpn_server = step("leg OpenVPN 2.6 server + one client", || {
+        let up = openvpn_server_up(&topology, &pki)?;
+        measure_leg(&topology, options, up, bare_rtt)
+    })
+    .unwrap_or_else(|error| not_runnable(&error));
+    legs.insert("openvpn_server", openvpn_server);
+
+    let ours_server = step(
+        "leg ours server + client (vpn-daemon role server / client)",
+        || {
+            let binary = daemon_binary
+                .as_ref()
+                .map_err(|error| anyhow!("building vpn-daemon: {error:#}"))?;
+            let up = ours_server_up(&topology, &pki, binary, &work)?;
+            measure_leg(&topology, options, up, bare_rtt)
+        },
+    )
+    .unwrap_or_else(|error| not_runnable(&error));
+    legs.insert("ours_server", ours_server);
     drop(server);
 
-    let ratios = ratios(&legs["ours"], &legs["openvpn"]);
-    print_table(&legs, &ratios);
+    let p2p_ratios = ratios(&legs["ours"], &legs["openvpn"]);
+    let server_ratios = ratios(&legs["ours_server"], &legs["openvpn_server"]);
+    print_table("p2p", &legs, ("openvpn", "ours"), &p2p_ratios);
+    print_table(
+        "server + one client",
+        &legs,
+        ("openvpn_server", "ours_server"),
+        &server_ratios,
+    );
 
     let results = json!({
         "meta": {
@@ -154,7 +198,8 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         },
         "legs": legs,
-        "ratio_ours_openvpn": ratios,
+        "ratio_ours_openvpn": p2p_ratios,
+        "ratio_ours_openvpn_server": server_ratios,
     });
     let path = results_path();
     std::fs::create_dir_all(path.parent().context("results path has a parent")?)?;
@@ -188,6 +233,18 @@ fn first_line(command: &mut Command) -> String {
                 .to_owned()
         })
         .unwrap_or_default()
+}
+
+/// The `--daemon` executable, absolute (the daemons run with other working directories).
+fn given_daemon(path: &Path) -> anyhow::Result<PathBuf> {
+    let path =
+        std::fs::canonicalize(path).with_context(|| format!("--daemon {}", path.display()))?;
+    println!(
+        "vpn-daemon: {} ({})",
+        path.display(),
+        first_line(Command::new(&path).arg("--version"))
+    );
+    Ok(path)
 }
 
 /// `cargo build --release -p vpn-daemon`, returning the executable cargo reports.
@@ -252,34 +309,58 @@ fn openvpn_up(topology: &Topology, pki: &Pki) -> anyhow::Result<UpLeg> {
     })
 }
 
-/// Our daemon's config for one end; the schema is vpn-daemon/examples/site-a.toml.
-fn ours_config(dir: &Path, pki: &Pki, side: char) -> anyhow::Result<PathBuf> {
-    let tls_server = side == 'b';
-    let (local, remote, cert, key, peer_eku, ifconfig_local, ifconfig_remote) = if tls_server {
-        (
-            IP_B,
-            IP_A,
-            &pki.server_cert,
-            &pki.server_key,
-            "client",
-            OURS_B,
-            OURS_A,
-        )
-    } else {
-        (
-            IP_A,
-            IP_B,
-            &pki.client_cert,
-            &pki.client_key,
-            "server",
-            OURS_A,
-            OURS_B,
-        )
-    };
+/// Stock OpenVPN in `server` mode (topology subnet) in b and one stock client in a.
+fn openvpn_server_up(topology: &Topology, pki: &Pki) -> anyhow::Result<UpLeg> {
+    let mut server = OpenVpnConfig::server(OVPN_SERVER_SUBNET.parse().context("subnet")?);
+    server.dev = "bench-ovsrv".to_owned();
+    let mut client = OpenVpnConfig::client(vec![SocketAddr::new(IP_B.into(), TUNNEL_PORT)]);
+    client.dev = "bench-ovcli".to_owned();
+    for config in [&mut server, &mut client] {
+        config.port = TUNNEL_PORT;
+        config.cipher = "AES-256-GCM".to_owned();
+    }
+    let server = OpenVpnPeer::start(&topology.b, &server, pki)?;
+    let client = OpenVpnPeer::start(&topology.a, &client, pki)?;
+    for peer in [&server, &client] {
+        peer.wait_for_log("Initialization Sequence Completed", Duration::from_secs(30))?;
+    }
+    wait_for_ping(&topology.a, OVPN_SERVER.into(), Duration::from_secs(10))?;
+    let cipher = client
+        .log()
+        .lines()
+        .rfind(|line| line.contains("Data Channel: cipher"))
+        .map(|line| line.trim().to_owned())
+        .unwrap_or_default();
+    Ok(UpLeg {
+        target: OVPN_SERVER.into(),
+        vpn_pids: vec![client.pid(), server.pid()],
+        info: json!({ "cipher": cipher, "config_b": server.config_text() }),
+        _keep: Box::new((server, client)),
+    })
+}
+
+/// One of our daemons in the benchmark: which namespace, its name in file names, its config.
+struct OursEnd<'a> {
+    ns: &'a NetNs,
+    side: &'a str,
+    config: PathBuf,
+}
+
+/// Writes our daemon's config for one end, `<work>/ours-<side>.toml` (the schema is
+/// vpn-daemon/examples/site-a.toml): node `vb<pid><node_suffix>`, the certificate and key
+/// given, WAN veth0, and `tunnel` as the one [[tunnel]] table.
+fn write_ours_config(
+    dir: &Path,
+    pki: &Pki,
+    side: &str,
+    node_suffix: char,
+    (cert, key): (&Path, &Path),
+    tunnel: &str,
+) -> anyhow::Result<PathBuf> {
     let text = format!(
         r#"version = 1
 [node]
-name = "vb{pid}{side}"
+name = "vb{pid}{node_suffix}"
 control_socket = "{dir}/ours-{side}.sock"
 [pki]
 ca = "{ca}"
@@ -288,7 +369,42 @@ key = "{key}"
 [interfaces]
 wan = "veth0"
 [[tunnel]]
-name = "bench"
+{tunnel}"#,
+        pid = std::process::id(),
+        dir = dir.display(),
+        ca = pki.ca.display(),
+        cert = cert.display(),
+        key = key.display(),
+    );
+    let path = dir.join(format!("ours-{side}.toml"));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Our p2p config for one end: b runs the TLS server, a the TLS client.
+fn ours_p2p_config(dir: &Path, pki: &Pki, side: char) -> anyhow::Result<PathBuf> {
+    let tls_server = side == 'b';
+    let (local, remote, identity, peer_eku, ifconfig_local, ifconfig_remote) = if tls_server {
+        (
+            IP_B,
+            IP_A,
+            (pki.server_cert.as_path(), pki.server_key.as_path()),
+            "client",
+            OURS_B,
+            OURS_A,
+        )
+    } else {
+        (
+            IP_A,
+            IP_B,
+            (pki.client_cert.as_path(), pki.client_key.as_path()),
+            "server",
+            OURS_A,
+            OURS_B,
+        )
+    };
+    let tunnel = format!(
+        r#"name = "bench"
 role = "p2p"
 transport = "udp"
 local = "{local}:{port}"
@@ -299,43 +415,125 @@ remote_cert_tls = "{peer_eku}"
 tls = "{tls}"
 ifconfig = {{ local = "{ifconfig_local}", remote = "{ifconfig_remote}" }}
 "#,
-        pid = std::process::id(),
-        dir = dir.display(),
-        ca = pki.ca.display(),
-        cert = cert.display(),
-        key = key.display(),
         port = TUNNEL_PORT,
         tls = if tls_server { "server" } else { "client" },
     );
-    let path = dir.join(format!("ours-{side}.toml"));
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    write_ours_config(dir, pki, &side.to_string(), side, identity, &tunnel)
+}
+
+/// Our multi-client server in b (`role = "server"`, address pool `OURS_SERVER_SUBNET`) and our
+/// client in a (`role = "client"`), UDP, AES-256-GCM.
+fn ours_server_client_configs(dir: &Path, pki: &Pki) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let server = format!(
+        r#"name = "bench"
+role = "server"
+transport = "udp"
+local = "{IP_B}:{TUNNEL_PORT}"
+device = "bench-osrv"
+ciphers = ["AES-256-GCM"]
+remote_cert_tls = "client"
+server = "{OURS_SERVER_SUBNET}"
+"#
+    );
+    let client = format!(
+        r#"name = "bench"
+role = "client"
+transport = "udp"
+remote = ["{IP_B}:{TUNNEL_PORT}"]
+device = "bench-ocli"
+ciphers = ["AES-256-GCM"]
+remote_cert_tls = "server"
+"#
+    );
+    Ok((
+        write_ours_config(
+            dir,
+            pki,
+            "server",
+            's',
+            (&pki.server_cert, &pki.server_key),
+            &server,
+        )?,
+        write_ours_config(
+            dir,
+            pki,
+            "client",
+            'c',
+            (&pki.client_cert, &pki.client_key),
+            &client,
+        )?,
+    ))
 }
 
 fn ours_up(topology: &Topology, pki: &Pki, binary: &Path, work: &Path) -> anyhow::Result<UpLeg> {
+    let ends = [
+        OursEnd {
+            ns: &topology.b,
+            side: "b",
+            config: ours_p2p_config(work, pki, 'b')?,
+        },
+        OursEnd {
+            ns: &topology.a,
+            side: "a",
+            config: ours_p2p_config(work, pki, 'a')?,
+        },
+    ];
+    start_ours(topology, binary, work, &ends, OURS_B)
+}
+
+fn ours_server_up(
+    topology: &Topology,
+    pki: &Pki,
+    binary: &Path,
+    work: &Path,
+) -> anyhow::Result<UpLeg> {
+    let (server, client) = ours_server_client_configs(work, pki)?;
+    let ends = [
+        OursEnd {
+            ns: &topology.b,
+            side: "server",
+            config: server,
+        },
+        OursEnd {
+            ns: &topology.a,
+            side: "client",
+            config: client,
+        },
+    ];
+    start_ours(topology, binary, work, &ends, OURS_SERVER)
+}
+
+/// Checks each config, starts our daemons in order and waits until a pings `target` through
+/// the tunnel; on a timeout the error carries the tails of their logs.
+fn start_ours(
+    topology: &Topology,
+    binary: &Path,
+    work: &Path,
+    ends: &[OursEnd],
+    target: Ipv4Addr,
+) -> anyhow::Result<UpLeg> {
     let mut daemons = Vec::new();
-    for (side, ns) in [('b', &topology.b), ('a', &topology.a)] {
-        let config = ours_config(work, pki, side)?;
+    for end in ends {
         let check = Command::new(binary)
             .arg("check-config")
-            .arg(&config)
+            .arg(&end.config)
             .output()
             .context("running vpn-daemon check-config")?;
         if !check.status.success() {
             bail!(
                 "vpn-daemon check-config {}: {}",
-                config.display(),
+                end.config.display(),
                 String::from_utf8_lossy(&check.stderr).trim()
             );
         }
-        let socket = work.join(format!("ours-{side}.sock"));
-        let log = work.join(format!("ours-{side}.log"));
+        let socket = work.join(format!("ours-{}.sock", end.side));
+        let log = work.join(format!("ours-{}.log", end.side));
         daemons.push((
-            Daemon::start_binary(binary, "info", ns, &config, &socket, &log)?,
+            Daemon::start_binary(binary, "info", end.ns, &end.config, &socket, &log)?,
             log,
         ));
     }
-    if let Err(error) = wait_for_ping(&topology.a, OURS_B.into(), OURS_UP_TIMEOUT) {
+    if let Err(error) = wait_for_ping(&topology.a, target.into(), OURS_UP_TIMEOUT) {
         let tails: Vec<String> = daemons
             .iter()
             .map(|(daemon, log)| {
@@ -355,12 +553,15 @@ fn ours_up(topology: &Topology, pki: &Pki, binary: &Path, work: &Path) -> anyhow
         );
     }
     Ok(UpLeg {
-        target: OURS_B.into(),
+        target: target.into(),
         vpn_pids: daemons
             .iter()
             .filter_map(|(daemon, _)| daemon.pid())
             .collect(),
-        info: json!({ "binary": binary.display().to_string() }),
+        info: json!({
+            "binary": binary.display().to_string(),
+            "version": first_line(Command::new(binary).arg("--version")),
+        }),
         _keep: Box::new(daemons),
     })
 }
@@ -583,7 +784,14 @@ fn ratios(ours: &Value, openvpn: &Value) -> Value {
     Value::Object(out)
 }
 
-fn print_table(legs: &BTreeMap<&str, Value>, ratios: &Value) {
+/// One table: the bare veth, then OpenVPN's and our leg of one mode (`pair`: their keys in
+/// `legs`), and ours/OpenVPN; then why a leg shown did not run, if one did not.
+fn print_table(
+    mode: &str,
+    legs: &BTreeMap<&str, Value>,
+    (openvpn, ours): (&str, &str),
+    ratios: &Value,
+) {
     let cell = |leg: &Value, key: &str| -> String {
         let summary = &leg["summary"][key];
         match (
@@ -598,6 +806,7 @@ fn print_table(legs: &BTreeMap<&str, Value>, ratios: &Value) {
         }
     };
     println!();
+    println!("{mode}:");
     println!(
         "{:<28} {:>22} {:>22} {:>22} {:>10}",
         "metric (median [min–max])", "bare veth", "OpenVPN 2.6", "ours", "ours/ovpn"
@@ -610,12 +819,15 @@ fn print_table(legs: &BTreeMap<&str, Value>, ratios: &Value) {
         println!(
             "{label:<28} {:>22} {:>22} {:>22} {ratio:>10}",
             cell(&legs["bare"], key),
-            cell(&legs["openvpn"], key),
-            cell(&legs["ours"], key),
+            cell(&legs[openvpn], key),
+            cell(&legs[ours], key),
         );
     }
-    for (name, leg) in legs {
-        if let Some(status) = leg["status"].as_str().filter(|status| *status != "ok") {
+    for name in ["bare", openvpn, ours] {
+        if let Some(status) = legs[name]["status"]
+            .as_str()
+            .filter(|status| *status != "ok")
+        {
             println!("{name}: {status}");
         }
     }

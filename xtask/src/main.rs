@@ -77,8 +77,9 @@ enum Task {
     /// the same bytes, the FATs fsck clean), partition (an image with its site config on APPCONFIG
     /// boots through OVMF without fw_cfg). Default: both. VM boots are vm-test's.
     ImageTest { scenarios: Vec<String> },
-    /// Throughput, CPU and added latency: bare veth, stock OpenVPN 2.6 and our daemon (p2p,
-    /// UDP, AES-256-GCM) in network namespaces; results in <target>/bench/results.json.
+    /// Throughput, CPU and added latency: bare veth, stock OpenVPN 2.6 and our daemon (p2p, and
+    /// server + one client; UDP, AES-256-GCM) in network namespaces; results in
+    /// <target>/bench/results.json.
     Bench {
         /// Repetitions of every measurement; the table shows median [min–max].
         #[arg(long, default_value_t = 3)]
@@ -86,6 +87,10 @@ enum Task {
         /// iperf3 -t seconds per throughput run.
         #[arg(long, default_value_t = 10)]
         duration: u32,
+        /// Measure this vpn-daemon executable (e.g. one saved from an earlier commit) instead of
+        /// building the workspace's in release.
+        #[arg(long, value_name = "PATH")]
+        daemon: Option<std::path::PathBuf>,
     },
 }
 
@@ -114,7 +119,15 @@ fn main() -> anyhow::Result<()> {
             let artifacts = image::build(&image::ImageOptions::default())?;
             image::check::run(&artifacts, &scenarios)
         }
-        Task::Bench { runs, duration } => bench::run(&bench::BenchOptions { runs, duration }),
+        Task::Bench {
+            runs,
+            duration,
+            daemon,
+        } => bench::run(&bench::BenchOptions {
+            runs,
+            duration,
+            daemon,
+        }),
     }
 }
 

@@ -33,7 +33,21 @@ const APT_PACKAGES: &[&str] = &[
     "dosfstools",
     "fdisk",
     "cpio",
+    // BGP and metrics tests (upcoming): a real BGP peer and a real scraper, run by the tests in
+    // namespaces with their own configs. bird2 is small (0.8 MB download); prometheus costs
+    // about 23 MB to download and 330 MB on disk with its web UI's JavaScript dependencies
+    // (218 MB of it libjs-moment-timezone); both installed in about 15 s here.
+    "bird2",
+    "prometheus",
 ];
+
+/// Services of packages above that Debian enables and starts on install; the tests run their own
+/// instances, so when setup has just installed one it stops and disables the system-wide one
+/// (a host-wide bird or a prometheus on :9090 is nothing the tests want).
+const NO_SYSTEM_SERVICE: &[(&str, &str)] = &[("bird2", "bird"), ("prometheus", "prometheus")];
+
+/// Where apt keeps its package lists (`*_Packages`, possibly compressed) after `apt-get update`.
+const APT_LISTS: &str = "/var/lib/apt/lists";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Builds with stable 1.95 (about 2 minutes on 2 cores); runs the nightly for the targets.
@@ -62,14 +76,76 @@ fn install_apt_packages() -> anyhow::Result<()> {
             missing.join(" ")
         );
     }
+    let mut updated = false;
+    if !apt_lists_present() {
+        println!("setup: no apt package lists in {APT_LISTS} yet: apt-get update first");
+        apt_get_update()?;
+        updated = true;
+    }
     println!("setup: installing {}", missing.join(" "));
-    run_command(Command::new("apt-get").args(["update", "-qq"]))?;
+    if let Err(error) = apt_get_install(&missing) {
+        if updated {
+            return Err(error);
+        }
+        // Lists older than the mirror give 404s for superseded versions; lists from other
+        // sources give "Unable to locate package". One update fixes both.
+        println!(
+            "setup: apt-get install failed ({error:#}); the package lists may be stale or \
+             incomplete: apt-get update, then one more try"
+        );
+        apt_get_update()?;
+        apt_get_install(&missing).context("apt-get install, retried after apt-get update")?;
+    }
+    stop_system_services(&missing);
+    Ok(())
+}
+
+/// Whether apt has any package list (after a first `apt-get update`); the files are named
+/// `<source>_Packages`, often with a compression suffix (`.lz4`, `.gz`, ...).
+fn apt_lists_present() -> bool {
+    std::fs::read_dir(APT_LISTS).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|entry| entry.file_name().to_string_lossy().contains("_Packages"))
+    })
+}
+
+fn apt_get_update() -> anyhow::Result<()> {
+    println!("setup: apt-get update");
+    run_command(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")
+}
+
+fn apt_get_install(packages: &[&str]) -> anyhow::Result<()> {
     run_command(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Disables (and, where systemd runs, stops) the system services of [`NO_SYSTEM_SERVICE`]
+/// packages just installed (`installed`). Best effort: a failure is only reported.
+fn stop_system_services(installed: &[&str]) {
+    let systemd_running = std::path::Path::new("/run/systemd/system").exists();
+    for (package, unit) in NO_SYSTEM_SERVICE {
+        if !installed.contains(package) {
+            continue;
+        }
+        // Without a running systemd (containers) `disable` still removes the unit's links.
+        let now: &[&str] = if systemd_running { &["--now"] } else { &[] };
+        println!("setup: systemctl disable {unit} (the tests run their own {package})");
+        let result = Command::new("systemctl")
+            .arg("disable")
+            .args(now)
+            .args(["--quiet", unit])
+            .status();
+        match result {
+            Ok(status) if status.success() => {}
+            Ok(status) => println!("setup: warning: systemctl disable {unit}: {status}"),
+            Err(error) => println!("setup: warning: systemctl disable {unit}: {error}"),
+        }
+    }
 }
 
 fn dpkg_installed(package: &str) -> bool {
