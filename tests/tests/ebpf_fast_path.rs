@@ -1295,15 +1295,16 @@ fn protected_prefix_never_leaves_the_wan_when_the_tunnel_is_down() {
         "protected site reachable through the tunnel"
     );
 
-    // Tunnel down: B's daemon stops (explicit-exit-notify), the tunnel's route is withdrawn, so
-    // the kernel would now route the protected prefix in the clear via the default route.
+    // Tunnel down: B's daemon stops (explicit-exit-notify) and A's tun goes down, which takes
+    // the tunnel's route with it (a route merely deleted would be put back by A's route
+    // reconciler), so the kernel would now route the protected prefix in the clear via the
+    // default route.
     drop(daemon_b);
     wait_for("A's tunnel down", Duration::from_secs(15), || {
         (tunnel_state(&daemon_a.status().ok()?, "p") != "established").then_some(())
     })
     .unwrap();
-    a.ip(&["route", "del", &format!("10.2.{net}.0/24")])
-        .unwrap();
+    a.ip(&["link", "set", "vpn-p", "down"]).unwrap();
     let route = a.ip(&["route", "get", &format!("10.2.{net}.1")]).unwrap();
     assert!(
         route.contains("dev a0"),

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vpn_daemon::config::Cipher;
+use vpn_daemon::proto::vocabulary::Cipher;
 use vpn_tests::{
     daemon::Daemon,
     openvpn::{OpenVpnConfig, OpenVpnPeer, OvpnRole, Protection, Transport},
@@ -689,16 +689,14 @@ mod simulated {
         time::{Duration, Instant},
     };
 
-    use vpn_daemon::{
-        config::{self, CertUsage, Cipher, TlsRole, Transport},
-        proto::{
-            control_codec::{ControlCodec, Protection},
-            keys::StaticKey,
-            options::{options_string, OccOptions, OccTransport, PeerInfo},
-            session::{LinkActivity, Session, SessionConfig, SessionEvent, SessionMode, TlsSetup},
-            tls::{self, PeerChecks, PkiMaterial},
-            tls_crypt::TlsCrypt,
-        },
+    use vpn_daemon::proto::{
+        control_codec::{ControlCodec, Protection},
+        keys::StaticKey,
+        options::{options_string, OccOptions, OccTransport, PeerInfo},
+        session::{LinkActivity, Session, SessionConfig, SessionEvent, SessionMode, TlsSetup},
+        tls::{self, PeerChecks, PkiFiles, PkiMaterial},
+        tls_crypt::TlsCrypt,
+        vocabulary::{CertUsage, Cipher, TlsRole, Transport},
     };
     use vpn_tests::pki::Pki;
 
@@ -717,7 +715,7 @@ mod simulated {
 
     impl Factory {
         pub fn new(pki: &Pki, server: SocketAddr) -> Factory {
-            let material = PkiMaterial::load(&config::Pki {
+            let material = PkiMaterial::load(&PkiFiles {
                 ca: pki.ca.clone(),
                 cert: pki.client_cert.clone(),
                 key: pki.client_key.clone(),

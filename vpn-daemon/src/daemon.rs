@@ -4,8 +4,6 @@
 //! restart can change, is refused with a log line and the running config stays in force.
 
 use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -14,29 +12,27 @@ use std::{
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::{broadcast, mpsc, Notify},
+    sync::mpsc,
 };
 
 use crate::{
-    config::{Config, Role, Tunnel},
+    config::Config,
     io::{
-        control::{
-            ClientEventRecord, ControlRequest, ControlSocket, Request, Response,
-            DAEMON_EVENT_CAPACITY,
-        },
+        control::{ControlRequest, ControlSocket, Request, Response},
         ebpf::WanFilter,
-        ebpf_plan::{self, FastPathPlan, LinkState},
         netlink::Netlink,
-        server::{ClientInfo, ServerRuntime},
-        tunnel::{TunnelRuntime, TunnelRuntimeStatus},
+        route_reconciler::RouteReconciler,
     },
-    status::{FastPathStatus, Status, TunnelStatus, WanStatus},
+    plan::fast_path::{self, FastPathPlan},
+    runtime::TunnelRuntime,
+    state::{Bus, NodeState},
+    status::{FastPathStatus, RoutesStatus, RuntimeStatus, Status, TunnelStatus, WanStatus},
 };
 
-/// The safety net under the event-driven fast-path sync. Tunnel runtimes notify the daemon the
-/// moment a link goes up or down or a server's clients change, and the maps follow at once;
-/// this tick covers what has no signal: a failed apply to retry (a tun or the LAN interface
-/// not there yet), a device re-created with a new ifindex outside a reload.
+/// The safety net under the event-driven fast-path sync. The maps follow the node state the
+/// moment a link goes up or down or a server's clients change; this tick covers what has no
+/// signal: a failed apply to retry (a tun or the LAN interface not there yet), a device
+/// re-created with a new ifindex outside a reload.
 const FAST_PATH_FALLBACK: Duration = Duration::from_secs(1);
 
 /// Runs the daemon until SIGTERM or SIGINT, then removes everything it installed.
@@ -67,19 +63,31 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             return Err(error);
         }
     };
-    let netlink = Arc::new(Netlink::new().await.context("opening rtnetlink")?);
-    let (events, _) = broadcast::channel(DAEMON_EVENT_CAPACITY);
-    // One permit-storing signal for all runtimes: a notification while the loop is busy is
-    // kept, several coalesce into one sync (which reads every tunnel's current state anyway).
-    let link_changed = Arc::new(Notify::new());
+    let started = async {
+        let netlink = Arc::new(Netlink::new().await.context("opening rtnetlink")?);
+        let routes =
+            RouteReconciler::spawn(netlink.clone()).context("starting the route reconciler")?;
+        anyhow::Ok((netlink, routes))
+    };
+    let (netlink, routes) = match started.await {
+        Ok(started) => started,
+        Err(error) => {
+            wan.detach()?;
+            return Err(error);
+        }
+    };
+    let bus = Bus::new();
     let mut tunnels = Vec::new();
     for tunnel in &config.tunnels {
-        match Runtime::start(&config, tunnel, netlink.clone(), &events, &link_changed).await {
+        match TunnelRuntime::start(&config, tunnel, netlink.clone(), &bus).await {
             Ok(runtime) => tunnels.push(runtime),
             Err(error) => {
                 // Undo what already started before refusing to run.
                 for runtime in tunnels {
-                    Runtime::stop(runtime).await;
+                    runtime.stop().await;
+                }
+                if let Err(error) = routes.shutdown().await {
+                    tracing::warn!(error = %format!("{error:#}"), "removing our routes");
                 }
                 wan.detach()?;
                 return Err(error.context(format!("starting tunnel {}", tunnel.name)));
@@ -88,7 +96,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
 
     let (requests_tx, mut requests) = mpsc::channel::<ControlRequest>(16);
-    let control_task = control.serve(requests_tx, events.clone());
+    let control_task = control.serve(requests_tx, bus.events().clone());
+    let mut node = bus.watch();
     let mut state = Running {
         config_path: config_path.to_owned(),
         config,
@@ -96,15 +105,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         started: Instant::now(),
         tunnels,
         netlink,
-        events,
-        link_changed: link_changed.clone(),
+        bus,
+        routes,
         fast_path: FastPathSync {
             cpus: aya::util::nr_cpus().map_or(1, |cpus| cpus as u32),
             applied: None,
             last_error: None,
         },
     };
-    state.sync_fast_path();
+    state.sync(&node.borrow_and_update().clone());
     let mut fast_path_fallback = tokio::time::interval(FAST_PATH_FALLBACK);
     fast_path_fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -114,8 +123,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = sighup.recv() => state.reload().await,
-            _ = link_changed.notified() => state.sync_fast_path(),
-            _ = fast_path_fallback.tick() => state.sync_fast_path(),
+            Ok(()) = node.changed() => {
+                let current = node.borrow_and_update().clone();
+                state.sync(&current);
+            }
+            _ = fast_path_fallback.tick() => {
+                let current = node.borrow().clone();
+                state.sync_fast_path(&current);
+            }
             Some((request, reply_to)) = requests.recv() => {
                 let _ = reply_to.send(state.answer(request));
             }
@@ -124,6 +139,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     control_task.abort();
     for runtime in std::mem::take(&mut state.tunnels) {
         runtime.stop().await;
+    }
+    if let Err(error) = state.routes.shutdown().await {
+        tracing::warn!(error = %format!("{error:#}"), "removing our routes");
     }
     state.wan.detach()?;
     if let Some(task) = ebpf_log_task {
@@ -139,12 +157,12 @@ struct Running {
     config: Config,
     wan: WanFilter,
     started: Instant,
-    tunnels: Vec<Runtime>,
+    tunnels: Vec<TunnelRuntime>,
     netlink: Arc<Netlink>,
-    /// Client events of every server tunnel, for `vpn-daemon events`.
-    events: broadcast::Sender<ClientEventRecord>,
-    /// Handed to every runtime: notified when a status the fast-path plan reads changes.
-    link_changed: Arc<Notify>,
+    /// Where the tunnels publish their state and client events.
+    bus: Bus,
+    /// Applies the route table to the kernel.
+    routes: RouteReconciler,
     fast_path: FastPathSync,
 }
 
@@ -156,73 +174,6 @@ struct FastPathSync {
     applied: Option<FastPathPlan>,
     /// The last apply error, logged once rather than on every retry.
     last_error: Option<String>,
-}
-
-/// A running tunnel: the multi-client server for `role = "server"`, the single-peer runtime for
-/// client and p2p.
-enum Runtime {
-    Single(TunnelRuntime),
-    Server(ServerRuntime),
-}
-
-impl Runtime {
-    /// Starts `tunnel`; a server's client events are forwarded to `events` (tagged with the
-    /// tunnel name) for as long as it runs; `link_changed` is notified on every status change
-    /// the fast path reads.
-    async fn start(
-        config: &Config,
-        tunnel: &Tunnel,
-        netlink: Arc<Netlink>,
-        events: &broadcast::Sender<ClientEventRecord>,
-        link_changed: &Arc<Notify>,
-    ) -> anyhow::Result<Self> {
-        if tunnel.role == Role::Server {
-            let server =
-                ServerRuntime::start(config, tunnel, netlink, link_changed.clone()).await?;
-            let mut server_events = server.subscribe();
-            let (events, name) = (events.clone(), tunnel.name.clone());
-            // Ends when the server stops (its event sender is dropped).
-            tokio::spawn(async move {
-                loop {
-                    match server_events.recv().await {
-                        Ok(event) => {
-                            let _ = events.send(ClientEventRecord::new(&name, event));
-                        }
-                        Err(broadcast::error::RecvError::Lagged(lost)) => {
-                            tracing::warn!(tunnel = %name, lost, "client events lost");
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-            });
-            Ok(Runtime::Server(server))
-        } else {
-            Ok(Runtime::Single(
-                TunnelRuntime::start(config, tunnel, netlink, link_changed.clone()).await?,
-            ))
-        }
-    }
-
-    fn name(&self) -> &str {
-        match self {
-            Runtime::Single(runtime) => runtime.name(),
-            Runtime::Server(runtime) => runtime.name(),
-        }
-    }
-
-    fn status(&self) -> (TunnelRuntimeStatus, Vec<ClientInfo>) {
-        match self {
-            Runtime::Single(runtime) => (runtime.status(), Vec::new()),
-            Runtime::Server(runtime) => (runtime.status(), runtime.clients()),
-        }
-    }
-
-    async fn stop(self) {
-        match self {
-            Runtime::Single(runtime) => runtime.stop().await,
-            Runtime::Server(runtime) => runtime.stop().await,
-        }
-    }
 }
 
 impl Running {
@@ -242,6 +193,9 @@ impl Running {
     }
 
     fn status(&self) -> anyhow::Result<Status> {
+        let node = self.bus.state();
+        let desired = crate::plan::routes::route_table(&self.config, &node);
+        let reconciler = self.routes.stats();
         Ok(Status {
             node: self.config.node.name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -259,17 +213,29 @@ impl Running {
                 attached: self.wan.attachments(),
                 counters: self.wan.all_counters()?,
             },
+            routes: RoutesStatus {
+                desired: desired
+                    .summary()
+                    .into_iter()
+                    .map(|(kind, summary)| (kind.as_str().to_owned(), summary.winning as u64))
+                    .collect(),
+                installed: reconciler.installed as u64,
+                unresolved: reconciler.unresolved as u64,
+                last_error: reconciler.last_error,
+            },
             tunnels: self
                 .config
                 .tunnels
                 .iter()
                 .map(|tunnel| {
-                    let (runtime, clients) = self
+                    let running = self
                         .tunnels
                         .iter()
-                        .find(|runtime| runtime.name() == tunnel.name)
-                        .map(Runtime::status)
-                        .unzip();
+                        .find(|runtime| runtime.name() == tunnel.name);
+                    let state = node.get(&tunnel.name).filter(|_| running.is_some());
+                    let runtime = running
+                        .zip(state)
+                        .map(|(runtime, state)| RuntimeStatus::new(state, runtime.counters()));
                     TunnelStatus {
                         name: tunnel.name.clone(),
                         role: tunnel.role.to_string(),
@@ -281,7 +247,9 @@ impl Running {
                             .as_ref()
                             .map_or_else(|| "stopped".to_owned(), |runtime| runtime.state.clone()),
                         runtime,
-                        clients: clients.unwrap_or_default(),
+                        clients: state
+                            .map(|state| state.clients.iter().map(Into::into).collect())
+                            .unwrap_or_default(),
                     }
                 })
                 .collect(),
@@ -302,7 +270,7 @@ impl Running {
             );
             return;
         }
-        let new_plan = ebpf_plan::plan(&new, &self.link_states(), self.fast_path.cpus);
+        let new_plan = fast_path::plan(&new, &self.bus.state(), self.fast_path.cpus);
         if let Err(error) = self.wan.apply(&new_plan) {
             tracing::error!(error = %format!("{error:#}"), "SIGHUP: updating the eBPF maps failed; keeping the running config");
             // Put the kernel back in step with the config we keep (at the next sync).
@@ -334,15 +302,7 @@ impl Running {
             if kept.iter().any(|runtime| runtime.name() == tunnel.name) {
                 continue;
             }
-            match Runtime::start(
-                &new,
-                tunnel,
-                self.netlink.clone(),
-                &self.events,
-                &self.link_changed,
-            )
-            .await
-            {
+            match TunnelRuntime::start(&new, tunnel, self.netlink.clone(), &self.bus).await {
                 Ok(runtime) => kept.push(runtime),
                 Err(error) => {
                     tracing::error!(tunnel = %tunnel.name, error = %format!("{error:#}"), "SIGHUP: cannot start tunnel")
@@ -353,79 +313,22 @@ impl Running {
         tracing::info!(summary = %new.summary(), "SIGHUP: config reloaded");
         self.config = new;
         self.fast_path.applied = None;
-        self.sync_fast_path();
+        self.sync(&self.bus.state());
     }
 
-    /// Each running tunnel's state as the fast path needs it.
-    fn link_states(&self) -> BTreeMap<String, LinkState> {
-        self.tunnels
-            .iter()
-            .map(|runtime| {
-                let (status, clients) = runtime.status();
-                // A single-peer tunnel reports its one peer; a multi-client server each
-                // connected client's outer address, admitted at XDP while connected.
-                let peers: Vec<std::net::IpAddr> = if clients.is_empty() {
-                    status
-                        .peer
-                        .as_deref()
-                        .and_then(|peer| peer.parse::<SocketAddr>().ok())
-                        .map(|peer| peer.ip())
-                        .into_iter()
-                        .collect()
-                } else {
-                    let unique: std::collections::BTreeSet<std::net::IpAddr> = clients
-                        .iter()
-                        .map(|client| client.real_address.ip())
-                        .collect();
-                    unique.into_iter().collect()
-                };
-                let state = LinkState {
-                    established: status.state == "established",
-                    peers,
-                };
-                (runtime.name().to_owned(), state)
-            })
-            .collect()
+    /// Brings the kernel in step with the node state: the route table (the reconciler applies
+    /// it) and the eBPF maps.
+    fn sync(&mut self, node: &NodeState) {
+        let table = crate::plan::routes::route_table(&self.config, node);
+        self.routes.set(table.desired());
+        self.sync_fast_path(node);
     }
 
-    /// A multi-client server's tun also carries packets from its connected clients' iroutes
-    /// (ccd files, known only at run time); the tun source policing must let them in, unless
-    /// the tunnel lists its `allowed_sources` explicitly.
-    fn allow_client_iroutes(&self, plan: &mut FastPathPlan) {
-        for runtime in &self.tunnels {
-            let Runtime::Server(server) = runtime else {
-                continue;
-            };
-            let Some(tunnel) = self
-                .config
-                .tunnels
-                .iter()
-                .find(|tunnel| tunnel.name == server.name())
-            else {
-                continue;
-            };
-            if tunnel.fast_path.allowed_sources.is_some() {
-                continue;
-            }
-            if let Some(sources) = plan.tun_sources.get_mut(&tunnel.device) {
-                for client in server.clients() {
-                    sources.extend(
-                        client
-                            .iroutes
-                            .iter()
-                            .map(|iroute| ipnet::IpNet::V4(*iroute)),
-                    );
-                }
-            }
-        }
-    }
-
-    /// Brings the eBPF maps in step with the config and the tunnels' current states; cheap when
-    /// nothing changed (the plan equals the applied one). Errors are retried at the next
-    /// signal or fallback tick.
-    fn sync_fast_path(&mut self) {
-        let mut plan = ebpf_plan::plan(&self.config, &self.link_states(), self.fast_path.cpus);
-        self.allow_client_iroutes(&mut plan);
+    /// Brings the eBPF maps in step with the config and the node state; cheap when nothing
+    /// changed (the plan equals the applied one). Errors are retried at the next change or
+    /// fallback tick.
+    fn sync_fast_path(&mut self, node: &NodeState) {
+        let plan = fast_path::plan(&self.config, node, self.fast_path.cpus);
         if self.fast_path.applied.as_ref() == Some(&plan) {
             return;
         }

@@ -1,8 +1,15 @@
 //! The daemon's status as reported over the control socket (`vpn-daemon status [--json]`).
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+};
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+
+use crate::state::{ClientInfo, TunnelState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -17,6 +24,9 @@ pub struct Status {
     /// Every eBPF program's attachment and counters.
     #[serde(default)]
     pub fast_path: FastPathStatus,
+    /// The kernel routes the daemon owns.
+    #[serde(default)]
+    pub routes: RoutesStatus,
 }
 
 /// The eBPF fast path: where each program is attached and its counters summed over CPUs.
@@ -47,10 +57,82 @@ pub struct TunnelStatus {
     pub device: String,
     pub state: String,
     /// Session and data-path details while the tunnel runs.
-    pub runtime: Option<crate::io::tunnel::TunnelRuntimeStatus>,
+    pub runtime: Option<RuntimeStatus>,
     /// A multi-client server's connected clients, by tunnel address (empty for other roles).
     #[serde(default)]
-    pub clients: Vec<crate::io::server::ClientInfo>,
+    pub clients: Vec<ClientStatus>,
+}
+
+/// A running tunnel's session and data path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeStatus {
+    pub state: String,
+    pub peer: Option<String>,
+    pub peer_common_name: Option<String>,
+    pub cipher: Option<String>,
+    pub key_derivation: Option<String>,
+    pub keys_negotiated: u64,
+    pub last_error: Option<String>,
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl RuntimeStatus {
+    /// The status of a tunnel in `state` with data-path `counters`.
+    pub fn new(state: &TunnelState, counters: BTreeMap<String, u64>) -> Self {
+        RuntimeStatus {
+            state: state.phase.to_string(),
+            peer: state.peer.map(|peer| peer.to_string()),
+            peer_common_name: state.peer_common_name.clone(),
+            cipher: state.cipher.clone(),
+            key_derivation: state.key_derivation.map(|kd| kd.as_str().to_owned()),
+            keys_negotiated: state.keys_negotiated,
+            last_error: state.last_error.clone(),
+            counters,
+        }
+    }
+}
+
+/// A client connected to a server tunnel (also the body of a `vpn-daemon events` line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    /// The certificate's common name.
+    pub common_name: String,
+    /// The client's tunnel address.
+    pub virtual_address: Ipv4Addr,
+    /// Subnets behind the client (ccd `iroute`), routed to it.
+    pub iroutes: Vec<Ipv4Net>,
+    /// Where its packets come from.
+    pub real_address: SocketAddr,
+    /// Its DATA_V2 peer id.
+    pub peer_id: u32,
+    /// Wall-clock seconds since the Unix epoch when its tunnel came up.
+    pub connected_since_unix: u64,
+}
+
+impl From<&ClientInfo> for ClientStatus {
+    fn from(client: &ClientInfo) -> Self {
+        ClientStatus {
+            common_name: client.common_name.clone(),
+            virtual_address: client.virtual_address,
+            iroutes: client.iroutes.clone(),
+            real_address: client.real_address,
+            peer_id: client.peer_id,
+            connected_since_unix: client.connected_since_unix,
+        }
+    }
+}
+
+/// The daemon's route table and what the reconciler made of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutesStatus {
+    /// Routes wanted in the kernel (one winner per prefix), by owner kind.
+    pub desired: BTreeMap<String, u64>,
+    /// Routes with our protocol id the reconciler last saw installed.
+    pub installed: u64,
+    /// Wanted routes whose device does not exist yet.
+    pub unresolved: u64,
+    /// The kernel's last refusal, until a reconcile succeeds.
+    pub last_error: Option<String>,
 }
 
 impl Status {
@@ -83,6 +165,32 @@ impl Status {
                 let _ = writeln!(out, "    {name:<20} {value}");
             }
         }
+        let desired: Vec<String> = self
+            .routes
+            .desired
+            .iter()
+            .map(|(owner, count)| format!("{count} {owner}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "routes {} installed (wanted: {}){}{}",
+            self.routes.installed,
+            if desired.is_empty() {
+                "none".to_owned()
+            } else {
+                desired.join(", ")
+            },
+            if self.routes.unresolved > 0 {
+                format!(", {} waiting for their device", self.routes.unresolved)
+            } else {
+                String::new()
+            },
+            self.routes
+                .last_error
+                .as_ref()
+                .map(|error| format!(", last error: {error}"))
+                .unwrap_or_default()
+        );
         if self.tunnels.is_empty() {
             let _ = writeln!(out, "no tunnels configured");
         }
@@ -142,9 +250,8 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::server::ClientInfo;
 
-    fn status_with_clients(clients: Vec<ClientInfo>) -> Status {
+    fn status_with_clients(clients: Vec<ClientStatus>) -> Status {
         Status {
             node: "n".into(),
             version: "0".into(),
@@ -159,6 +266,7 @@ mod tests {
                 counters: BTreeMap::new(),
             },
             fast_path: FastPathStatus::default(),
+            routes: RoutesStatus::default(),
             tunnels: vec![TunnelStatus {
                 name: "clients".into(),
                 role: "server".into(),
@@ -175,7 +283,7 @@ mod tests {
 
     #[test]
     fn server_clients_are_listed_in_text_and_json() {
-        let status = status_with_clients(vec![ClientInfo {
+        let status = status_with_clients(vec![ClientStatus {
             common_name: "alice".into(),
             virtual_address: "10.8.0.50".parse().unwrap(),
             iroutes: vec!["192.168.50.0/24".parse().unwrap()],

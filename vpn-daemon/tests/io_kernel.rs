@@ -871,3 +871,299 @@ fn measure_sendmmsg_against_sendto() -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// The route reconciler
+//
+//   namespace vpnt-<pid>-<n>-rr / -rrf
+//   ┌──────────────────────────────────────────────────────────────────────────┐
+//   │  rr0 ══ veth ══ rr1          rr9 ══ veth ══ rr8 (created during the test)  │
+//   │  10.60.0.1/24                                                            │
+//   │  routes with protocol 156 through rr0 / rr1 / rr9: the reconciler's      │
+//   │  a route of another protocol on rr0 that it must never touch             │
+//   └──────────────────────────────────────────────────────────────────────────┘
+
+use std::sync::Arc;
+
+use vpn_daemon::{
+    io::route_reconciler::{ReconcilerStats, RouteReconciler},
+    routes::{Route, RouteOwner, RouteTable},
+};
+
+/// A route reconciler (with its own [`Netlink`]) on a runtime whose threads live in `ns`;
+/// the caller drives it from any thread.
+fn reconciler_in(ns: &NetNs) -> anyhow::Result<(tokio::runtime::Runtime, RouteReconciler)> {
+    ns.run(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let reconciler =
+            runtime.block_on(async { RouteReconciler::spawn(Arc::new(Netlink::new().await?)) })?;
+        Ok((runtime, reconciler))
+    })
+}
+
+/// `(destination, device, gateway, metric)` of a route as `ip -j route` shows it.
+type Shown = (String, String, Option<String>, u64);
+
+fn shown(dst: &str, dev: &str, gateway: Option<&str>, metric: u64) -> Shown {
+    (dst.into(), dev.into(), gateway.map(str::to_string), metric)
+}
+
+/// Every route with our protocol id, IPv4 and IPv6, as `ip` shows them.
+fn our_routes(ns: &NetNs) -> anyhow::Result<BTreeSet<Shown>> {
+    let protocol = ROUTE_PROTOCOL.to_string();
+    let mut routes = BTreeSet::new();
+    for family in ["-4", "-6"] {
+        let listed = ip_json(ns, &[family, "route", "show", "proto", &protocol])?;
+        for route in listed.as_array().context("routes")? {
+            routes.insert((
+                route["dst"].as_str().unwrap_or_default().to_string(),
+                route["dev"].as_str().unwrap_or_default().to_string(),
+                route["gateway"].as_str().map(str::to_string),
+                route["metric"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    Ok(routes)
+}
+
+/// Waits until our routes in `ns` are exactly `expected`.
+fn wait_for_routes(ns: &NetNs, what: &str, expected: &[Shown]) -> anyhow::Result<()> {
+    let expected: BTreeSet<Shown> = expected.iter().cloned().collect();
+    let mut last = BTreeSet::new();
+    wait_for(what, WAIT, || {
+        last = our_routes(ns).ok()?;
+        (last == expected).then_some(())
+    })
+    .with_context(|| format!("ours: {last:?}, expected: {expected:?}"))
+}
+
+fn wait_for_stats(
+    reconciler: &RouteReconciler,
+    what: &str,
+    accept: impl Fn(&ReconcilerStats) -> bool,
+) -> anyhow::Result<ReconcilerStats> {
+    wait_for(what, WAIT, || {
+        let stats = reconciler.stats();
+        accept(&stats).then_some(stats)
+    })
+    .with_context(|| format!("stats: {:?}", reconciler.stats()))
+}
+
+/// A veth pair `a`/`b` in `ns`, both up.
+fn veth_in(ns: &NetNs, a: &str, b: &str) -> anyhow::Result<()> {
+    ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
+    ns.ip(&["link", "set", a, "up"])?;
+    ns.ip(&["link", "set", b, "up"])?;
+    Ok(())
+}
+
+fn owned_by(owner: &RouteOwner, routes: Vec<Route>) -> (RouteOwner, Vec<Route>) {
+    (owner.clone(), routes)
+}
+
+#[test]
+fn route_reconciler_keeps_the_desired_routes_and_removes_them_on_shutdown() -> anyhow::Result<()> {
+    if !require_root("route_reconciler_keeps_the_desired_routes_and_removes_them_on_shutdown") {
+        return Ok(());
+    }
+    let ns = NetNs::new("rr")?;
+    veth_in(&ns, "rr0", "rr1")?;
+    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.rr0.disable_ipv6=0"])?;
+    ns.ip(&["addr", "add", "10.60.0.1/24", "dev", "rr0"])?;
+    // A route of ours a crashed run left behind, and one of another daemon.
+    ns.ip(&["route", "add", "10.66.0.0/16", "dev", "rr0", "proto", "156"])?;
+    ns.ip(&[
+        "route",
+        "add",
+        "10.67.0.0/16",
+        "dev",
+        "rr0",
+        "proto",
+        "static",
+    ])?;
+
+    let (runtime, reconciler) = reconciler_in(&ns)?;
+    wait_for_routes(&ns, "the leftover route to go", &[])?;
+
+    // (a) Three routes (one IPv6, one via a gateway); a pushed route loses 10.70/16 to the
+    // configured one, and one waits for its device.
+    let tunnel = RouteOwner::Tunnel { tunnel: "a".into() };
+    let pushed = RouteOwner::Pushed { tunnel: "b".into() };
+    let late = RouteOwner::Iroute {
+        tunnel: "srv".into(),
+        common_name: "late".into(),
+    };
+    let mut table = RouteTable::new();
+    for (owner, routes) in [
+        owned_by(
+            &tunnel,
+            vec![
+                Route::new(tunnel.clone(), net("10.70.0.0/16"), "rr0"),
+                Route::new(tunnel.clone(), net("10.71.0.0/16"), "rr0")
+                    .with_gateway(IpAddr::from([10, 60, 0, 2]))
+                    .with_metric(50),
+                Route::new(tunnel.clone(), net("fd00:70::/64"), "rr0"),
+            ],
+        ),
+        owned_by(
+            &pushed,
+            vec![Route::new(pushed.clone(), net("10.70.0.0/16"), "rr1")],
+        ),
+        owned_by(
+            &late,
+            vec![Route::new(late.clone(), net("10.72.0.0/16"), "rr9")],
+        ),
+    ] {
+        table.replace_owner(owner, routes);
+    }
+    reconciler.set(table.desired());
+    let three = [
+        shown("10.70.0.0/16", "rr0", None, 0),
+        shown("10.71.0.0/16", "rr0", Some("10.60.0.2"), 50),
+        shown("fd00:70::/64", "rr0", None, 1024),
+    ];
+    wait_for_routes(&ns, "the three routes", &three)?;
+    let stats = wait_for_stats(&reconciler, "3 installed, 1 unresolved", |s| {
+        (s.installed, s.unresolved, s.failing) == (3, 1, 0)
+    })?;
+    assert!(stats.watching && stats.last_error.is_none(), "{stats:?}");
+
+    // (b) Deleted behind the reconciler's back: it comes back.
+    ns.ip(&["route", "del", "10.70.0.0/16", "dev", "rr0", "proto", "156"])?;
+    ns.ip(&[
+        "-6",
+        "route",
+        "del",
+        "fd00:70::/64",
+        "dev",
+        "rr0",
+        "proto",
+        "156",
+    ])?;
+    wait_for_routes(&ns, "the deleted routes to come back", &three)?;
+
+    // (c) The device of the waiting route appears (down), then comes up: the route follows.
+    ns.ip(&["link", "add", "rr9", "type", "veth", "peer", "name", "rr8"])?;
+    ns.ip(&["link", "set", "rr8", "up"])?;
+    ns.ip(&["link", "set", "rr9", "up"])?;
+    let mut four = three.to_vec();
+    four.push(shown("10.72.0.0/16", "rr9", None, 0));
+    wait_for_routes(&ns, "the route on the new device", &four)?;
+    wait_for_stats(&reconciler, "4 installed", |s| {
+        (s.installed, s.unresolved) == (4, 0)
+    })?;
+    // IPv4 drops routes through a link that goes down, without a notification: the link
+    // change makes the route wait, and it comes back with the link.
+    ns.ip(&["link", "set", "rr9", "down"])?;
+    wait_for_stats(&reconciler, "the route on the downed link waiting", |s| {
+        (s.installed, s.unresolved) == (3, 1)
+    })?;
+    wait_for_routes(&ns, "the three routes without rr9", &three)?;
+    ns.ip(&["link", "set", "rr9", "up"])?;
+    wait_for_routes(&ns, "the route on rr9 back up", &four)?;
+
+    // (d) The tunnel keeps only its IPv6 route, with a metric: 10.71/16 goes, the IPv6 route
+    // is replaced, and the pushed route takes 10.70/16 over on rr1.
+    table.replace_owner(
+        tunnel.clone(),
+        [Route::new(tunnel.clone(), net("fd00:70::/64"), "rr0").with_metric(10)],
+    );
+    reconciler.set(table.desired());
+    wait_for_routes(
+        &ns,
+        "the changed set",
+        &[
+            shown("10.70.0.0/16", "rr1", None, 0),
+            shown("fd00:70::/64", "rr0", None, 10),
+            shown("10.72.0.0/16", "rr9", None, 0),
+        ],
+    )?;
+
+    // (e) Shutdown removes everything of ours, and nothing else.
+    runtime.block_on(reconciler.shutdown())?;
+    assert_eq!(our_routes(&ns)?, BTreeSet::new());
+    let others = ip_json(&ns, &["route", "show", "proto", "static"])?;
+    assert_eq!(others[0]["dst"], "10.67.0.0/16", "{others}");
+    Ok(())
+}
+
+#[test]
+fn route_reconciler_retries_a_refused_route_without_spinning_or_blocking_others(
+) -> anyhow::Result<()> {
+    if !require_root("route_reconciler_retries_a_refused_route_without_spinning_or_blocking_others")
+    {
+        return Ok(());
+    }
+    let ns = NetNs::new("rrf")?;
+    veth_in(&ns, "rr0", "rr1")?;
+    ns.ip(&["addr", "add", "10.60.0.1/24", "dev", "rr0"])?;
+    let (runtime, reconciler) = reconciler_in(&ns)?;
+
+    // (f) 192.0.2.1 is on no link of the namespace: the kernel refuses that route.
+    let owner = RouteOwner::Tunnel { tunnel: "a".into() };
+    let route = |destination: &str| Route::new(owner.clone(), net(destination), "rr0");
+    let mut table = RouteTable::new();
+    table.replace_owner(
+        owner.clone(),
+        [
+            route("10.80.0.0/16"),
+            route("10.81.0.0/16").with_gateway(IpAddr::from([10, 60, 0, 2])),
+            route("10.82.0.0/16").with_gateway(IpAddr::from([192, 0, 2, 1])),
+        ],
+    );
+    reconciler.set(table.desired());
+    let good = [
+        shown("10.80.0.0/16", "rr0", None, 0),
+        shown("10.81.0.0/16", "rr0", Some("10.60.0.2"), 0),
+    ];
+    wait_for_routes(&ns, "the two routes the kernel takes", &good)?;
+    let stats = wait_for_stats(&reconciler, "the refused route", |s| s.failing == 1)?;
+    let error = stats.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("10.82.0.0/16") && error.contains("tunnel:a"),
+        "{stats:?}"
+    );
+    assert_eq!((stats.installed, stats.unresolved), (2, 0), "{stats:?}");
+
+    // Retried with backoff (100 ms, doubling), not in a loop: three more passes take at least
+    // 100 + 200 + 400 ms minus the part of the first delay already gone.
+    let started = Instant::now();
+    let from = reconciler.stats().passes;
+    let after = wait_for_stats(&reconciler, "three retries", |s| s.passes >= from + 3)?;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(500),
+        "3 retries in {elapsed:?}"
+    );
+    assert!(after.passes <= from + 5, "{} passes", after.passes - from);
+
+    // Other changes still go through while it fails.
+    table.replace_owner(
+        owner.clone(),
+        [
+            route("10.80.0.0/16"),
+            route("10.81.0.0/16").with_gateway(IpAddr::from([10, 60, 0, 2])),
+            route("10.82.0.0/16").with_gateway(IpAddr::from([192, 0, 2, 1])),
+            route("10.83.0.0/16"),
+        ],
+    );
+    reconciler.set(table.desired());
+    let mut three = good.to_vec();
+    three.push(shown("10.83.0.0/16", "rr0", None, 0));
+    wait_for_routes(&ns, "the added route beside the refused one", &three)?;
+
+    // The gateway becomes reachable: the address change brings the refused route in.
+    ns.ip(&["addr", "add", "192.0.2.254/24", "dev", "rr0"])?;
+    let mut four = three.clone();
+    four.push(shown("10.82.0.0/16", "rr0", Some("192.0.2.1"), 0));
+    wait_for_routes(&ns, "the route once its gateway is reachable", &four)?;
+    let stats = wait_for_stats(&reconciler, "no failure left", |s| s.failing == 0)?;
+    assert_eq!((stats.installed, stats.last_error), (4, None));
+
+    runtime.block_on(reconciler.shutdown())?;
+    assert_eq!(our_routes(&ns)?, BTreeSet::new());
+    Ok(())
+}

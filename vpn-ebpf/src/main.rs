@@ -1,5 +1,6 @@
-//! eBPF programs of the appliance. Entry points stay thin: each calls a `try_*` function that
-//! returns a verdict and the counter to bump.
+//! eBPF programs of the appliance, one file per attach point. Entry points stay thin: each
+//! calls its file's decision function (`classify`, `police`, `steer`, `guard`), which returns
+//! the counter to bump (and `steer` its redirect), and turns that into a verdict.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use vpn_daemon::config::{KeyDirection, TlsAuthDigest, TlsRole};
 use vpn_daemon::proto::control_codec::{ControlCodec, ControlCodecError, Protection};
 use vpn_daemon::proto::control_replay::ReplayId;
 use vpn_daemon::proto::keys::{StaticKey, STATIC_KEY_BYTES};
 use vpn_daemon::proto::packet::{peek_opcode, ControlHeader, ControlPacket, CONTROL_HEADER_LEN};
 use vpn_daemon::proto::tls_auth::TlsAuth;
 use vpn_daemon::proto::tls_crypt::TlsCrypt;
+use vpn_daemon::proto::vocabulary::{KeyDirection, TlsAuthDigest, TlsRole};
 
 const NOW_UNIX: u32 = 0x6543_2100;
 const DIGESTS: [TlsAuthDigest; 2] = [TlsAuthDigest::Sha1, TlsAuthDigest::Sha256];

@@ -6,10 +6,10 @@
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use vpn_daemon::config::{Cipher, TlsRole};
 use vpn_daemon::proto::data::{CompressionFraming, ReceiveKey, ReplayConfig};
 use vpn_daemon::proto::packet::KeyId;
 use vpn_daemon::proto::prf::{KeyBlock, KEY_BLOCK_BYTES};
+use vpn_daemon::proto::vocabulary::{Cipher, TlsRole};
 
 const FRAMINGS: [CompressionFraming; 4] = [
     CompressionFraming::None,

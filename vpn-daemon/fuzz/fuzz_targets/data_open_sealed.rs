@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use vpn_daemon::config::{Cipher, TlsRole};
 use vpn_daemon::proto::data::{
     CompressionFraming, DataError, DataFormat, ReceiveKey, Received, ReplayConfig, SendKey,
     MAX_REPLAY_TIME_WINDOW, MAX_REPLAY_WINDOW, OCC_EXIT, OCC_MAGIC, PING_MAGIC,
 };
 use vpn_daemon::proto::packet::{KeyId, PEER_ID_UNSET};
 use vpn_daemon::proto::prf::{KeyBlock, KEY_BLOCK_BYTES};
+use vpn_daemon::proto::vocabulary::{Cipher, TlsRole};
 
 const FRAMINGS: [CompressionFraming; 4] = [
     CompressionFraming::None,

@@ -14,21 +14,7 @@ use super::error::describe_io_error;
 use super::files::read_small_file;
 use super::ConfigError;
 
-/// What one client's ccd file says.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ClientConfig {
-    /// `ifconfig-push LOCAL NETMASK|REMOTE`: the client's fixed address and, by topology, the
-    /// subnet mask (`subnet`) or the peer address of its /30 (`net30`).
-    pub ifconfig_push: Option<(Ipv4Addr, Ipv4Addr)>,
-    /// `iroute NET MASK`: subnets behind this client, routed to it by the server.
-    pub iroutes: Vec<Ipv4Net>,
-    /// `push "..."`: extra options pushed to this client, verbatim, in file order.
-    pub push: Vec<String>,
-    /// `push-reset`: the server-wide pushed routes and options are not sent to this client.
-    pub push_reset: bool,
-    /// `disable`: the client is refused.
-    pub disable: bool,
-}
+use crate::proto::server::ClientConfig;
 
 /// Parses the text of one ccd file; `file` is only used in errors.
 pub fn parse_client_config(text: &str, file: &Path) -> Result<ClientConfig, ConfigError> {

@@ -6,13 +6,22 @@
 //!
 //! Layout: `raw` is the file as serde sees it, `values` and `files` check single values and the
 //! files they name, `validate` turns the raw file into a [`Config`] and does the cross-checks.
+//!
+//! The option values the protocol acts on (`Cipher`, `Keepalive`, `CertUsage`, ...) are the
+//! protocol's own, from [`crate::proto::vocabulary`]; the `[pki]` paths are
+//! [`crate::proto::tls::PkiFiles`] and a ccd file is a [`crate::proto::server::ClientConfig`].
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::proto::tls::PkiFiles;
+use crate::proto::vocabulary::{
+    CertUsage, Cipher, IfconfigPool, Keepalive, KeyDirection, TlsAuthDigest, TlsRole, Topology,
+    Transport,
+};
 
 pub mod ccd;
 mod error;
@@ -37,7 +46,7 @@ pub struct Config {
     /// `[node]`: this appliance.
     pub node: Node,
     /// `[pki]`: certificate, key and trust anchors (paths resolved and checked).
-    pub pki: Pki,
+    pub pki: PkiFiles,
     /// `[interfaces]`: where the appliance meets the networks.
     pub interfaces: Interfaces,
     /// `[[tunnel]]`, in file order.
@@ -129,20 +138,6 @@ pub struct Node {
     pub control_socket: PathBuf,
 }
 
-/// `[pki]`, with every path resolved against the config file's directory and checked to hold
-/// the right kind of PEM block.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Pki {
-    /// CA certificate(s) that peer certificates must chain to.
-    pub ca: PathBuf,
-    /// This node's certificate.
-    pub cert: PathBuf,
-    /// This node's private key (unencrypted PEM).
-    pub key: PathBuf,
-    /// Optional certificate revocation list.
-    pub crl: Option<PathBuf>,
-}
-
 /// `[interfaces]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Interfaces {
@@ -200,9 +195,13 @@ pub struct Tunnel {
     pub remote_cert_tls: Option<CertUsage>,
     /// Required common name of the peer's certificate.
     pub verify_x509_name: Option<String>,
+    /// Compression framing the peer expects, if any.
     pub compress: Option<Compress>,
     /// eBPF fast-path settings of this tunnel (`link_group`, `weight`, `allowed_sources`).
     pub fast_path: TunnelFastPath,
+    /// A client installs a pushed default route (or `def1` half) and routes covering the
+    /// server's own address; off by default.
+    pub accept_pushed_default_route: bool,
 }
 
 impl Tunnel {
@@ -236,81 +235,6 @@ impl fmt::Display for Role {
     }
 }
 
-/// Outer transport of a tunnel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// UDP (the default, and what the XDP fast path handles best).
-    #[default]
-    Udp,
-    /// TCP, for networks that block UDP.
-    Tcp,
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        })
-    }
-}
-
-/// A data-channel cipher, named as OpenVPN names it. Only AEAD ciphers: no CBC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum Cipher {
-    /// `AES-256-GCM`
-    #[serde(rename = "AES-256-GCM")]
-    Aes256Gcm,
-    /// `AES-128-GCM`
-    #[serde(rename = "AES-128-GCM")]
-    Aes128Gcm,
-    /// `CHACHA20-POLY1305`
-    #[serde(rename = "CHACHA20-POLY1305")]
-    Chacha20Poly1305,
-}
-
-impl Cipher {
-    /// Every supported cipher, in the default order of preference.
-    pub const ALL: [Cipher; 3] = [
-        Cipher::Aes256Gcm,
-        Cipher::Aes128Gcm,
-        Cipher::Chacha20Poly1305,
-    ];
-
-    /// The OpenVPN name, e.g. `AES-256-GCM`.
-    pub fn openvpn_name(self) -> &'static str {
-        match self {
-            Cipher::Aes256Gcm => "AES-256-GCM",
-            Cipher::Aes128Gcm => "AES-128-GCM",
-            Cipher::Chacha20Poly1305 => "CHACHA20-POLY1305",
-        }
-    }
-}
-
-impl fmt::Display for Cipher {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(self.openvpn_name())
-    }
-}
-
-/// A cipher name that is not one of [`Cipher::ALL`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown cipher `{0}`; supported: AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305 (CBC ciphers are not supported)")]
-pub struct UnknownCipher(pub String);
-
-impl FromStr for Cipher {
-    type Err = UnknownCipher;
-
-    /// Case-insensitive, as in OpenVPN (`aes-256-gcm` works too).
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Cipher::ALL
-            .into_iter()
-            .find(|cipher| cipher.openvpn_name().eq_ignore_ascii_case(name))
-            .ok_or_else(|| UnknownCipher(name.to_owned()))
-    }
-}
-
 /// What protects the TLS control channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -333,38 +257,6 @@ pub enum ControlProtection {
     },
 }
 
-/// OpenVPN `key-direction`: which halves of a static key each side uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyDirection {
-    /// `0`, conventionally the server.
-    Normal,
-    /// `1`, conventionally the client.
-    Inverse,
-}
-
-/// HMAC digest for tls-auth.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum TlsAuthDigest {
-    /// `SHA1`, OpenVPN's default.
-    #[default]
-    #[serde(rename = "SHA1")]
-    Sha1,
-    /// `SHA256`.
-    #[serde(rename = "SHA256")]
-    Sha256,
-}
-
-/// Liveness checking (OpenVPN `keepalive interval timeout`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub struct Keepalive {
-    /// Send a ping after this long without sending anything.
-    pub interval: Duration,
-    /// Declare the peer dead after this long without hearing from it.
-    pub timeout: Duration,
-}
-
-/// Extended key usage the peer's certificate must carry (OpenVPN `remote-cert-tls`).
 /// Compression framing a peer expects (compression itself is never done; compressed packets
 /// from a peer are counted and dropped, as OpenVPN 2.6 does with `allow-compression no`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -378,25 +270,6 @@ pub enum Compress {
     /// The peer has `compress stub-v2` or `compress lz4-v2`.
     #[serde(rename = "stub-v2")]
     StubV2,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CertUsage {
-    /// TLS Web Server Authentication.
-    Server,
-    /// TLS Web Client Authentication.
-    Client,
-}
-
-/// Which end of a p2p tunnel runs the TLS server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsRole {
-    /// OpenVPN `tls-server`.
-    Server,
-    /// OpenVPN `tls-client`.
-    Client,
 }
 
 /// How a tunnel's inner addresses are set up; one variant per [`Role`].
@@ -441,26 +314,6 @@ pub enum Addressing {
     },
     /// The address comes from the server's push.
     Client,
-}
-
-/// An inclusive range of IPv4 addresses handed out to clients (OpenVPN `ifconfig-pool`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub struct IfconfigPool {
-    /// First address of the pool.
-    pub start: Ipv4Addr,
-    /// Last address of the pool (inclusive).
-    pub end: Ipv4Addr,
-}
-
-/// OpenVPN `topology` for a server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Topology {
-    /// One address per client in a shared subnet (the default).
-    #[default]
-    Subnet,
-    /// A /30 per client (legacy clients).
-    Net30,
 }
 
 // ---- eBPF fast path (issue 5): `[fast_path]` and the per-tunnel fast-path keys ----

@@ -6,7 +6,8 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{CertUsage, Compress, Role, TlsAuthDigest, TlsRole, Topology, Transport, XdpMode};
+use super::{Compress, Role, XdpMode};
+use crate::proto::vocabulary::{CertUsage, TlsAuthDigest, TlsRole, Topology, Transport};
 
 /// First, forgiving pass: only what must be judged before the strict pass, so that a file from a
 /// newer schema says "unsupported version" instead of "unknown field".
@@ -85,6 +86,8 @@ pub(super) struct RawTunnel {
     pub verify_x509_name: Option<Spanned<String>>,
     pub compress: Option<Compress>,
     pub routes: Option<Spanned<Vec<Spanned<String>>>>,
+    // client only
+    pub accept_pushed_default_route: Option<Spanned<bool>>,
     // p2p only
     pub tls: Option<Spanned<TlsRole>>,
     pub ifconfig: Option<Spanned<RawIfconfig>>,

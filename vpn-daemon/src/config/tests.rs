@@ -5,6 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
+use crate::proto::tls::PkiFiles;
+use crate::proto::vocabulary::{
+    CertUsage, Cipher, IfconfigPool, Keepalive, KeyDirection, TlsAuthDigest, TlsRole, Topology,
+    Transport,
+};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
@@ -89,7 +94,7 @@ fn site_a_example_parses_with_the_documented_values() {
     );
     assert_eq!(
         config.pki,
-        Pki {
+        PkiFiles {
             ca: pki_dir.join("ca.crt"),
             cert: pki_dir.join("site-a.crt"),
             key: pki_dir.join("site-a.key"),
@@ -140,6 +145,7 @@ fn site_a_example_parses_with_the_documented_values() {
                 weight: 1,
                 allowed_sources: None,
             },
+            accept_pushed_default_route: false,
         }
     );
     assert_eq!(p2p.listen_port(), Some(1194));
@@ -1022,6 +1028,7 @@ fn tempdir(name: &str) -> PathBuf {
 mod ccd_files {
     use super::super::ccd::*;
     use super::*;
+    use crate::proto::server::ClientConfig;
 
     fn parse_ccd(text: &str) -> Result<ClientConfig, ConfigError> {
         parse_client_config(text, Path::new("ccd/alice"))

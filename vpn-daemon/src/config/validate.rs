@@ -16,9 +16,12 @@ use super::raw::{
 };
 use super::values::{check_ifname, check_name, parse_prefix, parse_socket_addr};
 use super::{
-    files, Addressing, Cipher, Config, ControlProtection, FastPath, IfconfigPool, Interfaces,
-    Keepalive, KeyDirection, Node, Pki, Role, TlsRole, Topology, Transport, Tunnel, TunnelFastPath,
-    SCHEMA_VERSION,
+    files, Addressing, Config, ControlProtection, FastPath, Interfaces, Node, Role, Tunnel,
+    TunnelFastPath, SCHEMA_VERSION,
+};
+use crate::proto::tls::PkiFiles;
+use crate::proto::vocabulary::{
+    Cipher, IfconfigPool, Keepalive, KeyDirection, TlsRole, Topology, Transport, UnknownCipher,
 };
 
 const NODE_NAME_MAX: usize = 15;
@@ -35,6 +38,9 @@ const DEFAULT_MAX_CLIENTS: u16 = 1024;
 const SERVER_PREFIX_LENGTHS: std::ops::RangeInclusive<u8> = 8..=29;
 /// Durations are capped so that `Instant + duration` can never overflow further down.
 const MAX_SECONDS: i64 = 365 * 24 * 3600;
+/// Hints for a missing `local` and a missing `remote`.
+const LOCAL_HINT: &str = "the IP:PORT to listen on, e.g. \"0.0.0.0:1194\"";
+const REMOTE_HINT: &str = "a list of the peer's IP:PORT, e.g. [\"192.0.2.1:1194\"]";
 
 const PEM_CERTIFICATE: &[&str] = &["CERTIFICATE"];
 const PEM_PRIVATE_KEY: &[&str] = &["PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"];
@@ -201,11 +207,11 @@ impl Checker<'_> {
         })
     }
 
-    fn pki(&self, raw: &RawPki) -> Result<Pki, Problem> {
+    fn pki(&self, raw: &RawPki) -> Result<PkiFiles, Problem> {
         let pem = |labels: &'static [&'static str]| {
             move |path: &Path| files::check_pem_file(path, labels)
         };
-        Ok(Pki {
+        Ok(PkiFiles {
             ca: self.checked_file(&raw.ca, "CA certificate", pem(PEM_CERTIFICATE))?,
             cert: self.checked_file(&raw.cert, "certificate", pem(PEM_CERTIFICATE))?,
             key: self.checked_file(&raw.key, "private key", pem(PEM_PRIVATE_KEY))?,
@@ -311,6 +317,16 @@ impl Checker<'_> {
             None => None,
         };
         let routes = prefix_list(raw.routes.as_ref(), "route")?;
+        let accept_pushed_default_route = match &raw.accept_pushed_default_route {
+            Some(accept) if role != Role::Client => {
+                return Err(Problem::at(
+                    accept.span(),
+                    format!("`accept_pushed_default_route` is for role \"client\" only (tunnel `{name}` is {role})"),
+                ));
+            }
+            Some(accept) => *accept.get_ref(),
+            None => false,
+        };
 
         let missing = |key: &str, hint: &str| {
             Problem::at(
@@ -318,16 +334,14 @@ impl Checker<'_> {
                 format!("tunnel `{name}` (role {role}) is missing required key `{key}` ({hint})"),
             )
         };
-        let local_hint = "the IP:PORT to listen on, e.g. \"0.0.0.0:1194\"";
-        let remote_hint = "a list of the peer's IP:PORT, e.g. [\"192.0.2.1:1194\"]";
         let addressing = match role {
             Role::Client => {
-                require_remotes(raw, &missing, remote_hint)?;
+                require_remotes(raw, &missing, REMOTE_HINT)?;
                 Addressing::Client
             }
             Role::Server => {
                 if local.is_none() {
-                    return Err(missing("local", local_hint));
+                    return Err(missing("local", LOCAL_HINT));
                 }
                 let Some(subnet) = &raw.server else {
                     return Err(missing(
@@ -337,45 +351,7 @@ impl Checker<'_> {
                 };
                 self.server_addressing(raw, server_subnet(subnet)?)?
             }
-            Role::P2p => {
-                let Some(tls) = &raw.tls else {
-                    return Err(missing(
-                        "tls",
-                        "\"server\" or \"client\": which end runs the TLS server",
-                    ));
-                };
-                let tls = *tls.get_ref();
-                let Some(ifconfig) = &raw.ifconfig else {
-                    return Err(missing(
-                        "ifconfig",
-                        "the tunnel addresses, e.g. { local = \"10.99.0.1\", remote = \"10.99.0.2\" }",
-                    ));
-                };
-                let ifconfig = ifconfig.get_ref();
-                let tunnel_local = ipv4_address(&ifconfig.local, "ifconfig.local")?;
-                let tunnel_remote = ipv4_address(&ifconfig.remote, "ifconfig.remote")?;
-                if tunnel_local == tunnel_remote {
-                    return Err(Problem::at(
-                        ifconfig.remote.span(),
-                        format!(
-                            "ifconfig local and remote are both {tunnel_local}; they must differ"
-                        ),
-                    ));
-                }
-                if local.is_none() {
-                    return Err(missing("local", local_hint));
-                }
-                // Over TCP the TLS server end only accepts, so it may do without a remote.
-                let accepts_only = transport == Transport::Tcp && tls == TlsRole::Server;
-                if !accepts_only {
-                    require_remotes(raw, &missing, remote_hint)?;
-                }
-                Addressing::P2p {
-                    tls,
-                    local: tunnel_local,
-                    remote: tunnel_remote,
-                }
-            }
+            Role::P2p => p2p_addressing(raw, transport, local.is_some(), &missing)?,
         };
 
         let built = BuiltTunnel {
@@ -397,6 +373,7 @@ impl Checker<'_> {
                 verify_x509_name,
                 compress: raw.compress,
                 fast_path: tunnel_fast_path(raw)?,
+                accept_pushed_default_route,
             },
             local_span: raw.local.as_ref().map(Spanned::span),
             device_span,
@@ -630,6 +607,51 @@ fn remote_address(value: &Spanned<String>) -> Result<SocketAddr, Problem> {
     Ok(address)
 }
 
+/// A p2p tunnel's addressing: which end runs TLS and the two tunnel addresses, plus the keys the
+/// role requires (`local`, and `remote` unless it is the TCP end that only accepts).
+fn p2p_addressing(
+    raw: &RawTunnel,
+    transport: Transport,
+    local_is_set: bool,
+    missing: &dyn Fn(&str, &str) -> Problem,
+) -> Result<Addressing, Problem> {
+    let Some(tls) = &raw.tls else {
+        return Err(missing(
+            "tls",
+            "\"server\" or \"client\": which end runs the TLS server",
+        ));
+    };
+    let tls = *tls.get_ref();
+    let Some(ifconfig) = &raw.ifconfig else {
+        return Err(missing(
+            "ifconfig",
+            "the tunnel addresses, e.g. { local = \"10.99.0.1\", remote = \"10.99.0.2\" }",
+        ));
+    };
+    let ifconfig = ifconfig.get_ref();
+    let tunnel_local = ipv4_address(&ifconfig.local, "ifconfig.local")?;
+    let tunnel_remote = ipv4_address(&ifconfig.remote, "ifconfig.remote")?;
+    if tunnel_local == tunnel_remote {
+        return Err(Problem::at(
+            ifconfig.remote.span(),
+            format!("ifconfig local and remote are both {tunnel_local}; they must differ"),
+        ));
+    }
+    if !local_is_set {
+        return Err(missing("local", LOCAL_HINT));
+    }
+    // Over TCP the TLS server end only accepts, so it may do without a remote.
+    let accepts_only = transport == Transport::Tcp && tls == TlsRole::Server;
+    if !accepts_only {
+        require_remotes(raw, missing, REMOTE_HINT)?;
+    }
+    Ok(Addressing::P2p {
+        tls,
+        local: tunnel_local,
+        remote: tunnel_remote,
+    })
+}
+
 /// `remote` must be present and non-empty.
 fn require_remotes(
     raw: &RawTunnel,
@@ -661,7 +683,7 @@ fn ciphers(raw: Option<&Spanned<Vec<Spanned<String>>>>) -> Result<Vec<Cipher>, P
         let cipher: Cipher = name
             .get_ref()
             .parse()
-            .map_err(|error: super::UnknownCipher| Problem::at(name.span(), error.to_string()))?;
+            .map_err(|error: UnknownCipher| Problem::at(name.span(), error.to_string()))?;
         if ciphers.contains(&cipher) {
             return Err(Problem::at(
                 name.span(),

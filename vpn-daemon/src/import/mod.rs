@@ -2,9 +2,9 @@
 //! into the equivalent TOML for our schema.
 //!
 //! Layout: `tokenize` splits the file like OpenVPN does (quotes, comments, inline `<tag>` blocks),
-//! `table` says what happens to each option (translated, ignored with a reason, or refused),
-//! `translate` collects the options and decides the tunnel into a `plan`, `render` writes the
-//! TOML text.
+//! `table` says what happens to each option (translated by which function of `read`, ignored
+//! with a reason, or refused), `read` puts each directive into the settings, `translate`
+//! decides the tunnel from them into a `plan`, `render` writes the TOML text.
 //!
 //! Semantics follow OpenVPN 2.6: `topology` defaults to `net30`, later options override earlier
 //! ones (`remote`, `route` and `push` accumulate), relative paths resolve against `cd DIR` if the
@@ -27,9 +27,6 @@ mod translate;
 
 #[cfg(test)]
 mod tests;
-
-pub use table::{disposition, Disposition};
-pub use tokenize::{split_line, tokenize, Directive, SyntaxError};
 
 /// Largest OpenVPN config (or ccd file) read; real ones, even with inline keys, are a few KiB.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use ipnet::{IpNet, Ipv4Net};
 
 use super::{describe, ImportError};
-use crate::config::{Cipher, Compress, Role, Topology, Transport};
+use crate::config::{Compress, Role};
+use crate::proto::vocabulary::{Cipher, Topology, Transport};
 
 /// Where a key, certificate or static key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::plan::Source;
-use super::table::{disposition, Disposition};
+use super::table::{disposition, Disposition, TAP};
 use super::tokenize::Directive;
 use super::translate::Translator;
 use super::{describe, Diagnostic};
-use crate::config::{Cipher, Compress, Topology, Transport};
+use crate::config::Compress;
+use crate::proto::vocabulary::{Cipher, Topology, Transport};
 
 /// `proto` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +220,7 @@ impl Translator<'_> {
         false
     }
 
+    /// One directive, by what [`disposition`] says about its option.
     pub(super) fn directive(&mut self, directive: &Directive) {
         let name = directive.name.as_str();
         match disposition(name) {
@@ -231,515 +233,763 @@ impl Translator<'_> {
                 };
                 self.error(Some(directive.line), &option, reason);
             }
-            Disposition::Translate => {
-                if let Err(reason) = self.translate_one(directive) {
+            Disposition::Translate(_) if directive.inline.is_some() => self.error(
+                Some(directive.line),
+                name,
+                format!("<{name}> inline blocks are not supported"),
+            ),
+            Disposition::Translate(handler) | Disposition::TranslateFile(handler) => {
+                let args: Vec<&str> = directive.args.iter().map(String::as_str).collect();
+                if let Err(reason) = handler(self, directive, &args) {
                     self.error(Some(directive.line), name, reason);
                 }
             }
         }
     }
+}
 
-    /// One translatable directive into the settings. `Err` is a reason to report at its line.
-    fn translate_one(&mut self, d: &Directive) -> Result<(), String> {
-        let line = d.line;
-        let args: Vec<&str> = d.args.iter().map(String::as_str).collect();
-        let flag = |translator: &mut Self, count: usize| translator.arguments(d, count..=count);
-        if d.inline.is_some()
-            && !matches!(
-                d.name.as_str(),
-                "ca" | "cert" | "key" | "tls-auth" | "tls-crypt" | "crl-verify"
-            )
-        {
-            return Err(format!("<{}> inline blocks are not supported", d.name));
-        }
-        match d.name.as_str() {
-            "mode" => match args.as_slice() {
-                ["server"] => self.settings.mode_server = Some(line),
-                ["p2p"] => self.settings.mode_server = None,
-                _ => return Err("takes `server` or `p2p`".to_owned()),
-            },
-            "server" => {
-                let (network, mask) = match args.as_slice() {
-                    [network, mask] => (*network, *mask),
-                    [_, _, "nopool"] => {
-                        return Err("`nopool` is not supported: clients without an ifconfig-push would get no address; use ifconfig-pool or mode server".to_owned())
-                    }
-                    _ => return Err("takes NETWORK NETMASK".to_owned()),
-                };
-                let subnet = ipv4_prefix(network, mask)?;
-                self.settings.server = Some(At { line, value: subnet });
-            }
-            "tls-server" if flag(self, 0) => self.settings.tls_server = Some(line),
-            "tls-client" if flag(self, 0) => self.settings.tls_client = Some(line),
-            "client" if flag(self, 0) => self.settings.client = Some(line),
-            "pull" if flag(self, 0) => self.settings.pull = Some(line),
-            "nobind" if flag(self, 0) => {
-                self.settings.nobind = true;
-                self.ignore(
-                    line,
-                    "nobind",
-                    "a client binds an ephemeral port unless `local`/`lport` is given",
-                );
-            }
-            "ifconfig" => {
-                let [first, second] = args.as_slice() else {
-                    return Err("takes LOCAL REMOTE|NETMASK".to_owned());
-                };
-                let value = (parse_ipv4(first)?, parse_ipv4(second)?);
-                self.settings.ifconfig = Some(At { line, value });
-            }
-            "ifconfig-pool" => {
-                let (start, end) = match args.as_slice() {
-                    [start, end] | [start, end, _] => (*start, *end),
-                    _ => return Err("takes START END [NETMASK]".to_owned()),
-                };
-                let (start, end) = (parse_ipv4(start)?, parse_ipv4(end)?);
-                if start > end {
-                    return Err(format!("the pool starts at {start}, after its end {end}"));
-                }
-                self.settings.ifconfig_pool = Some(At {
-                    line,
-                    value: (start, end),
-                });
-            }
-            "route" => {
-                let (network, mask, gateway) = match args.as_slice() {
-                    [network] => (*network, "255.255.255.255", None),
-                    [network, mask] => (*network, *mask, None),
-                    [network, mask, gateway] | [network, mask, gateway, _] => {
-                        (*network, *mask, Some(*gateway))
-                    }
-                    _ => return Err("takes NETWORK [NETMASK [GATEWAY [METRIC]]]".to_owned()),
-                };
-                if args.len() == 4 {
-                    self.ignore(line, "route", "the metric is not used: routes get the kernel's default metric");
-                }
-                let prefix = ipv4_prefix(network, mask)?;
-                let gateway = match gateway {
-                    None | Some("default") | Some("vpn_gateway") => None,
-                    Some(gateway @ ("net_gateway" | "remote_host")) => {
-                        return Err(format!(
-                            "a route via `{gateway}` (outside the tunnel) is not supported; add it to the appliance's routing instead"
-                        ))
-                    }
-                    Some(gateway) => {
-                        parse_ipv4(gateway)?;
-                        Some(gateway.to_owned())
-                    }
-                };
-                self.settings.routes.push(At {
-                    line,
-                    value: RouteSetting {
-                        prefix: IpNet::V4(prefix),
-                        gateway,
-                    },
-                });
-            }
-            "route-ipv6" => {
-                let [network, ..] = args.as_slice() else {
-                    return Err("takes NETWORK/BITS [GATEWAY [METRIC]]".to_owned());
-                };
-                let prefix: Ipv6Net = network
-                    .parse()
-                    .map_err(|_| format!("`{network}` is not an IPv6 prefix (NETWORK/BITS)"))?;
-                if prefix.trunc() != prefix {
-                    return Err(format!(
-                        "`{network}` has host bits set; did you mean {}?",
-                        prefix.trunc()
-                    ));
-                }
-                if args.len() > 1 {
-                    self.ignore(line, "route-ipv6", "the gateway and metric are not used: the route goes to the tun device");
-                }
-                self.settings.routes.push(At {
-                    line,
-                    value: RouteSetting {
-                        prefix: IpNet::V6(prefix),
-                        gateway: None,
-                    },
-                });
-            }
-            "route-gateway" => self.ignore(
-                line,
-                "route-gateway",
-                "routes go straight to the tun device (a server pushes its own address as route-gateway)",
-            ),
-            "push" => {
-                let [option] = args.as_slice() else {
-                    return Err("takes one (quoted) option, e.g. push \"route 10.1.0.0 255.255.0.0\"".to_owned());
-                };
-                self.settings.push.push(At {
-                    line,
-                    value: (*option).to_owned(),
-                });
-            }
-            "client-config-dir" => {
-                let [dir] = args.as_slice() else {
-                    return Err("takes DIR".to_owned());
-                };
-                let value = self.settings.base_dir.join(dir);
-                self.settings.client_config_dir = Some(At { line, value });
-            }
-            "client-to-client" if flag(self, 0) => self.settings.client_to_client = Some(line),
-            "duplicate-cn" if flag(self, 0) => self.settings.duplicate_cn = Some(line),
-            "max-clients" => {
-                let [count] = args.as_slice() else {
-                    return Err("takes N".to_owned());
-                };
-                let count: u32 = parse_number(count, "number of clients")?;
-                if !(1..=65535).contains(&count) {
-                    return Err(format!("{count} clients: the daemon takes 1 to 65535"));
-                }
-                self.settings.max_clients = Some(At { line, value: count });
-            }
-            "topology" => {
-                let value = match args.as_slice() {
-                    ["subnet"] => Topology::Subnet,
-                    ["net30"] => Topology::Net30,
-                    ["p2p"] => {
-                        return Err("topology p2p is not supported; use subnet or net30".to_owned())
-                    }
-                    _ => return Err("takes subnet, net30 or p2p".to_owned()),
-                };
-                self.settings.topology = Some(At { line, value });
-            }
-            "keepalive" => {
-                let [interval, timeout] = args.as_slice() else {
-                    return Err("takes INTERVAL TIMEOUT".to_owned());
-                };
-                let interval: u64 = parse_number(interval, "number of seconds")?;
-                let timeout: u64 = parse_number(timeout, "number of seconds")?;
-                if interval == 0 || timeout <= interval {
-                    return Err(format!(
-                        "keepalive {interval} {timeout}: the daemon needs an interval of at least 1 s and a longer timeout"
-                    ));
-                }
-                self.settings.keepalive = Some(At {
-                    line,
-                    value: (interval, timeout),
-                });
-            }
-            "ping" => {
-                let [seconds] = args.as_slice() else {
-                    return Err("takes SECONDS".to_owned());
-                };
-                let value = parse_number(seconds, "number of seconds")?;
-                self.settings.ping = Some(At { line, value });
-            }
-            "ping-restart" | "ping-exit" => {
-                let [seconds] = args.as_slice() else {
-                    return Err("takes SECONDS".to_owned());
-                };
-                let value = parse_number(seconds, "number of seconds")?;
-                if d.name == "ping-exit" {
-                    self.notes.push(format!(
-                        "line {line}: ping-exit {value}: the daemon does not exit when the peer goes silent; it declares the peer dead after {value} s and reconnects (keepalive timeout)"
-                    ));
-                }
-                self.settings.ping_restart = Some(At { line, value });
-            }
-            "tls-auth" => {
-                if !self.arguments(d, 1..=2) {
-                    return Ok(());
-                }
-                let direction = match args.get(1) {
-                    None => None,
-                    Some(&"0") => Some(0),
-                    Some(&"1") => Some(1),
-                    Some(other) => return Err(format!("key direction `{other}` must be 0 or 1")),
-                };
-                if let Some(key) = self.source(d, "tls-auth.key") {
-                    self.settings.tls_auth = Some(At {
-                        line,
-                        value: (key, direction),
-                    });
-                }
-            }
-            "key-direction" => {
-                let value = match args.as_slice() {
-                    ["0"] => 0,
-                    ["1"] => 1,
-                    _ => return Err("takes 0 or 1".to_owned()),
-                };
-                self.settings.key_direction = Some(At { line, value });
-            }
-            "auth" => {
-                let [digest] = args.as_slice() else {
-                    return Err("takes DIGEST".to_owned());
-                };
-                self.settings.auth = Some(At {
-                    line,
-                    value: (*digest).to_owned(),
-                });
-            }
-            "tls-crypt" => {
-                if !self.arguments(d, 1..=1) {
-                    return Ok(());
-                }
-                if let Some(key) = self.source(d, "tls-crypt.key") {
-                    self.settings.tls_crypt = Some(At { line, value: key });
-                }
-            }
-            "data-ciphers" | "ncp-ciphers" => {
-                let [list] = args.as_slice() else {
-                    return Err("takes CIPHER[:CIPHER...]".to_owned());
-                };
-                let mut ciphers = Vec::new();
-                let mut dropped = Vec::new();
-                for name in list.split(':').filter(|name| !name.is_empty()) {
-                    // "?NAME" (2.6): use the cipher only if the library has it.
-                    let name = name.strip_prefix('?').unwrap_or(name);
-                    match name.parse::<Cipher>() {
-                        Ok(cipher) if !ciphers.contains(&cipher) => ciphers.push(cipher),
-                        Ok(_) => {}
-                        Err(_) => dropped.push(name.to_owned()),
-                    }
-                }
-                if ciphers.is_empty() {
-                    return Err(format!(
-                        "none of `{list}` is supported; the daemon supports AES-256-GCM, AES-128-GCM and CHACHA20-POLY1305 (no CBC)"
-                    ));
-                }
-                if !dropped.is_empty() {
-                    self.ignore(
-                        line,
-                        &d.name,
-                        format!(
-                            "{} dropped from the list: only AEAD ciphers are supported; peers that can only use {} cannot connect",
-                            dropped.join(", "),
-                            if dropped.len() == 1 { "it" } else { "them" }
-                        ),
-                    );
-                }
-                self.settings.data_ciphers = Some(At {
-                    line,
-                    value: ciphers,
-                });
-            }
-            "cipher" | "data-ciphers-fallback" => {
-                let [name] = args.as_slice() else {
-                    return Err("takes CIPHER".to_owned());
-                };
-                let reason = if name.parse::<Cipher>().is_ok() {
-                    "OpenVPN 2.6 uses it only for peers that cannot negotiate a cipher; the daemon always negotiates from data-ciphers".to_owned()
-                } else {
-                    format!("OpenVPN 2.6 uses it only for peers that cannot negotiate a cipher; {name} is not supported (AEAD only), so such peers (OpenVPN 2.3 and older, or pinned to {name}) cannot connect")
-                };
-                self.ignore(line, &d.name, reason);
-            }
-            "remote" => {
-                let (host, port, proto) = match args.as_slice() {
-                    [host] => (*host, None, None),
-                    [host, port] => (*host, Some(*port), None),
-                    [host, port, proto] => (*host, Some(*port), Some(*proto)),
-                    _ => return Err("takes HOST [PORT [PROTO]]".to_owned()),
-                };
-                let port = port
-                    .map(|port| parse_number::<u16>(port, "port"))
-                    .transpose()?;
-                let proto = proto
-                    .map(|proto| {
-                        Proto::parse(proto)
-                            .map(|(proto, _)| proto)
-                            .ok_or_else(|| format!("unknown protocol `{proto}`"))
-                    })
-                    .transpose()?;
-                self.settings.remotes.push(At {
-                    line,
-                    value: RemoteSetting {
-                        host: host.to_owned(),
-                        port,
-                        proto,
-                    },
-                });
-            }
-            "proto" => {
-                let [proto] = args.as_slice() else {
-                    return Err("takes udp, tcp, tcp-server, tcp-client (or a 4/6 variant)".to_owned());
-                };
-                let value = Proto::parse(proto).ok_or_else(|| format!("unknown protocol `{proto}`"))?;
-                self.settings.proto = Some(At { line, value });
-            }
-            "port" | "lport" | "rport" => {
-                let [port] = args.as_slice() else {
-                    return Err("takes PORT".to_owned());
-                };
-                let port: u16 = parse_number(port, "port")?;
-                match d.name.as_str() {
-                    "port" => self.settings.port = Some(port),
-                    "lport" => self.settings.lport = Some(port),
-                    _ => self.settings.rport = Some(port),
-                }
-            }
-            "local" => {
-                let [address] = args.as_slice() else {
-                    return Err("takes ADDRESS".to_owned());
-                };
-                let value: IpAddr = address.parse().map_err(|_| {
-                    format!("`{address}` is not an IP address (config schema v1 takes IP addresses, not host names)")
-                })?;
-                self.settings.local = Some(At { line, value });
-            }
-            "dev" => {
-                let [device] = args.as_slice() else {
-                    return Err("takes tun, tunN or a device name".to_owned());
-                };
-                if device.starts_with("tap") {
-                    return Err(
-                        "layer-2 (tap) tunnels are not supported; the daemon only does tun (layer 3)"
-                            .to_owned(),
-                    );
-                }
-                if *device == "null" {
-                    return Err("dev null (no tunnel device) is not supported".to_owned());
-                }
-                self.settings.dev = Some(At {
-                    line,
-                    value: (*device).to_owned(),
-                });
-            }
-            "dev-type" => match args.as_slice() {
-                ["tun"] => {}
-                ["tap"] => {
-                    return Err(
-                        "layer-2 (tap) tunnels are not supported; the daemon only does tun (layer 3)"
-                            .to_owned(),
-                    )
-                }
-                _ => return Err("takes tun or tap".to_owned()),
-            },
-            "comp-lzo" => {
-                if !self.arguments(d, 0..=1) {
-                    return Ok(());
-                }
-                self.settings.compress = Some(At {
-                    line,
-                    value: Compress::LzoStub,
-                });
-                if args.first().is_some_and(|mode| *mode != "no") {
-                    self.notes.push(format!(
-                        "line {line}: comp-lzo {}: the daemon never compresses; it keeps the comp-lzo framing and drops compressed packets from the peer (OpenVPN 2.6 with `allow-compression no` does the same)",
-                        args.first().copied().unwrap_or_default()
-                    ));
-                }
-            }
-            "compress" => {
-                let value = match args.as_slice() {
-                    [] | ["stub"] | ["lz4"] => Compress::Stub,
-                    ["stub-v2"] | ["lz4-v2"] => Compress::StubV2,
-                    ["lzo"] => return Err("`compress lzo` framing is not supported; comp-lzo, compress, compress stub|lz4 and compress stub-v2|lz4-v2 are".to_owned()),
-                    ["migrate"] => return Err("`compress migrate` is not supported".to_owned()),
-                    _ => return Err("takes nothing, stub, stub-v2, lz4, lz4-v2 or lzo".to_owned()),
-                };
-                self.settings.compress = Some(At { line, value });
-            }
-            "remote-cert-tls" => {
-                self.settings.remote_cert_tls = Some(match args.as_slice() {
-                    ["server"] => "server",
-                    ["client"] => "client",
-                    _ => return Err("takes server or client".to_owned()),
-                });
-            }
-            "verify-x509-name" => match args.as_slice() {
-                [name, "name"] => self.settings.verify_x509_name = Some((*name).to_owned()),
-                [_] | [_, "subject"] => {
-                    return Err("the default type `subject` compares the whole subject DN; the daemon checks the common name only: write `verify-x509-name CN name`".to_owned())
-                }
-                [_, "name-prefix"] => {
-                    return Err("`name-prefix` is not supported; the daemon checks the exact common name (`verify-x509-name CN name`)".to_owned())
-                }
-                _ => return Err("takes NAME [subject|name|name-prefix]".to_owned()),
-            },
-            "verify-client-cert" => match args.as_slice() {
-                [] | ["require"] => self.ignore(
-                    line,
-                    "verify-client-cert",
-                    "clients always need a valid certificate",
-                ),
-                _ => {
-                    return Err(
-                        "clients without certificates are not supported: the daemon authenticates peers by certificate only"
-                            .to_owned(),
-                    )
-                }
-            },
-            "ca" | "cert" | "key" => {
-                if !self.arguments(d, 1..=1) {
-                    return Ok(());
-                }
-                let file_name = match d.name.as_str() {
-                    "ca" => "ca.crt",
-                    "cert" => "cert.crt",
-                    _ => "key.pem",
-                };
-                if let Some(source) = self.source(d, file_name) {
-                    let value = Some(At {
-                        line,
-                        value: source,
-                    });
-                    match d.name.as_str() {
-                        "ca" => self.settings.ca = value,
-                        "cert" => self.settings.cert = value,
-                        _ => self.settings.key = value,
-                    }
-                }
-            }
-            "crl-verify" => {
-                if args.get(1) == Some(&"dir") {
-                    return Err("a CRL directory is not supported; give one PEM CRL file".to_owned());
-                }
-                if !self.arguments(d, 1..=1) {
-                    return Ok(());
-                }
-                if let Some(source) = self.source(d, "crl.pem") {
-                    self.settings.crl = Some(At {
-                        line,
-                        value: source,
-                    });
-                }
-            }
-            "reneg-sec" => {
-                let (seconds, maximum) = match args.as_slice() {
-                    [seconds] => (*seconds, None),
-                    [seconds, maximum] => (*seconds, Some(*maximum)),
-                    _ => return Err("takes SECONDS [MAX]".to_owned()),
-                };
-                let seconds: u64 = parse_number(seconds, "number of seconds")?;
-                if (1..10).contains(&seconds) {
-                    return Err(format!(
-                        "{seconds} s: the daemon renegotiates at most every 10 s (0 turns it off)"
-                    ));
-                }
-                if maximum.is_some() {
-                    self.ignore(line, "reneg-sec", "the second value (randomisation range) is not used; keys are renegotiated every SECONDS");
-                }
-                self.settings.reneg_sec = Some(At {
-                    line,
-                    value: seconds,
-                });
-            }
-            "tun-mtu" => {
-                let [mtu] = args.as_slice() else {
-                    return Err("takes MTU".to_owned());
-                };
-                let mtu: u32 = parse_number(mtu, "MTU")?;
-                if !(576..=9000).contains(&mtu) {
-                    return Err(format!("MTU {mtu}: the daemon takes 576 to 9000"));
-                }
-                self.settings.mtu = Some(At { line, value: mtu });
-            }
-            "cd" => {
-                let [dir] = args.as_slice() else {
-                    return Err("takes DIR".to_owned());
-                };
-                let dir = self.settings.base_dir.join(dir);
-                self.settings.base_dir = dir;
-            }
-            // Flags given arguments: `arguments` reported it already.
-            "tls-server" | "tls-client" | "client" | "pull" | "nobind" | "client-to-client"
-            | "duplicate-cn" => {}
-            other => return Err(format!("`{other}` is not handled by the importer")),
-        }
-        Ok(())
+/// How one option is translated: its directive `d`, with the arguments as `args`, into `t`'s
+/// settings (or an ignored-option line or a note). `Err` is a reason to report at the
+/// directive's line; problems reported by the handler itself come back as `Ok`.
+pub(super) type Handler =
+    fn(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String>;
+
+// The handlers `table::TABLE` names, grouped: role, addresses and routes, server, keepalive,
+// control-channel protection, data ciphers, endpoints, device and compression, certificates,
+// timers and sizes.
+
+/// A flag's line, or `None` if it was given arguments (reported here).
+fn flag(t: &mut Translator<'_>, d: &Directive) -> Option<usize> {
+    t.arguments(d, 0..=0).then_some(d.line)
+}
+
+pub(super) fn mode(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    match args {
+        ["server"] => t.settings.mode_server = Some(d.line),
+        ["p2p"] => t.settings.mode_server = None,
+        _ => return Err("takes `server` or `p2p`".to_owned()),
     }
+    Ok(())
+}
+
+pub(super) fn server(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let (network, mask) = match args {
+        [network, mask] => (*network, *mask),
+        [_, _, "nopool"] => {
+            return Err("`nopool` is not supported: clients without an ifconfig-push would get no address; use ifconfig-pool or mode server".to_owned())
+        }
+        _ => return Err("takes NETWORK NETMASK".to_owned()),
+    };
+    let subnet = ipv4_prefix(network, mask)?;
+    t.settings.server = Some(At {
+        line: d.line,
+        value: subnet,
+    });
+    Ok(())
+}
+
+pub(super) fn tls_server(t: &mut Translator<'_>, d: &Directive, _: &[&str]) -> Result<(), String> {
+    if let Some(line) = flag(t, d) {
+        t.settings.tls_server = Some(line);
+    }
+    Ok(())
+}
+
+pub(super) fn tls_client(t: &mut Translator<'_>, d: &Directive, _: &[&str]) -> Result<(), String> {
+    if let Some(line) = flag(t, d) {
+        t.settings.tls_client = Some(line);
+    }
+    Ok(())
+}
+
+pub(super) fn client(t: &mut Translator<'_>, d: &Directive, _: &[&str]) -> Result<(), String> {
+    if let Some(line) = flag(t, d) {
+        t.settings.client = Some(line);
+    }
+    Ok(())
+}
+
+pub(super) fn pull(t: &mut Translator<'_>, d: &Directive, _: &[&str]) -> Result<(), String> {
+    if let Some(line) = flag(t, d) {
+        t.settings.pull = Some(line);
+    }
+    Ok(())
+}
+
+pub(super) fn nobind(t: &mut Translator<'_>, d: &Directive, _: &[&str]) -> Result<(), String> {
+    if let Some(line) = flag(t, d) {
+        t.settings.nobind = true;
+        t.ignore(
+            line,
+            "nobind",
+            "a client binds an ephemeral port unless `local`/`lport` is given",
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn ifconfig(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let [first, second] = args else {
+        return Err("takes LOCAL REMOTE|NETMASK".to_owned());
+    };
+    let value = (parse_ipv4(first)?, parse_ipv4(second)?);
+    t.settings.ifconfig = Some(At {
+        line: d.line,
+        value,
+    });
+    Ok(())
+}
+
+pub(super) fn ifconfig_pool(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    let (start, end) = match args {
+        [start, end] | [start, end, _] => (*start, *end),
+        _ => return Err("takes START END [NETMASK]".to_owned()),
+    };
+    let (start, end) = (parse_ipv4(start)?, parse_ipv4(end)?);
+    if start > end {
+        return Err(format!("the pool starts at {start}, after its end {end}"));
+    }
+    t.settings.ifconfig_pool = Some(At {
+        line: d.line,
+        value: (start, end),
+    });
+    Ok(())
+}
+
+pub(super) fn route(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let (network, mask, gateway) = match args {
+        [network] => (*network, "255.255.255.255", None),
+        [network, mask] => (*network, *mask, None),
+        [network, mask, gateway] | [network, mask, gateway, _] => (*network, *mask, Some(*gateway)),
+        _ => return Err("takes NETWORK [NETMASK [GATEWAY [METRIC]]]".to_owned()),
+    };
+    if args.len() == 4 {
+        t.ignore(
+            d.line,
+            "route",
+            "the metric is not used: routes get the kernel's default metric",
+        );
+    }
+    let prefix = ipv4_prefix(network, mask)?;
+    let gateway = match gateway {
+        None | Some("default") | Some("vpn_gateway") => None,
+        Some(gateway @ ("net_gateway" | "remote_host")) => {
+            return Err(format!(
+                "a route via `{gateway}` (outside the tunnel) is not supported; add it to the appliance's routing instead"
+            ))
+        }
+        Some(gateway) => {
+            parse_ipv4(gateway)?;
+            Some(gateway.to_owned())
+        }
+    };
+    t.settings.routes.push(At {
+        line: d.line,
+        value: RouteSetting {
+            prefix: IpNet::V4(prefix),
+            gateway,
+        },
+    });
+    Ok(())
+}
+
+pub(super) fn route_ipv6(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    let [network, ..] = args else {
+        return Err("takes NETWORK/BITS [GATEWAY [METRIC]]".to_owned());
+    };
+    let prefix: Ipv6Net = network
+        .parse()
+        .map_err(|_| format!("`{network}` is not an IPv6 prefix (NETWORK/BITS)"))?;
+    if prefix.trunc() != prefix {
+        return Err(format!(
+            "`{network}` has host bits set; did you mean {}?",
+            prefix.trunc()
+        ));
+    }
+    if args.len() > 1 {
+        t.ignore(
+            d.line,
+            "route-ipv6",
+            "the gateway and metric are not used: the route goes to the tun device",
+        );
+    }
+    t.settings.routes.push(At {
+        line: d.line,
+        value: RouteSetting {
+            prefix: IpNet::V6(prefix),
+            gateway: None,
+        },
+    });
+    Ok(())
+}
+
+pub(super) fn route_gateway(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    _: &[&str],
+) -> Result<(), String> {
+    t.ignore(
+        d.line,
+        "route-gateway",
+        "routes go straight to the tun device (a server pushes its own address as route-gateway)",
+    );
+    Ok(())
+}
+
+pub(super) fn push(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let [option] = args else {
+        return Err(
+            "takes one (quoted) option, e.g. push \"route 10.1.0.0 255.255.0.0\"".to_owned(),
+        );
+    };
+    t.settings.push.push(At {
+        line: d.line,
+        value: (*option).to_owned(),
+    });
+    Ok(())
+}
+
+pub(super) fn client_config_dir(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    let [dir] = args else {
+        return Err("takes DIR".to_owned());
+    };
+    let value = t.settings.base_dir.join(dir);
+    t.settings.client_config_dir = Some(At {
+        line: d.line,
+        value,
+    });
+    Ok(())
+}
+
+pub(super) fn client_to_client(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    _: &[&str],
+) -> Result<(), String> {
+    if let Some(line) = flag(t, d) {
+        t.settings.client_to_client = Some(line);
+    }
+    Ok(())
+}
+
+pub(super) fn duplicate_cn(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    _: &[&str],
+) -> Result<(), String> {
+    if let Some(line) = flag(t, d) {
+        t.settings.duplicate_cn = Some(line);
+    }
+    Ok(())
+}
+
+pub(super) fn max_clients(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    let [count] = args else {
+        return Err("takes N".to_owned());
+    };
+    let count: u32 = parse_number(count, "number of clients")?;
+    if !(1..=65535).contains(&count) {
+        return Err(format!("{count} clients: the daemon takes 1 to 65535"));
+    }
+    t.settings.max_clients = Some(At {
+        line: d.line,
+        value: count,
+    });
+    Ok(())
+}
+
+pub(super) fn topology(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let value = match args {
+        ["subnet"] => Topology::Subnet,
+        ["net30"] => Topology::Net30,
+        ["p2p"] => return Err("topology p2p is not supported; use subnet or net30".to_owned()),
+        _ => return Err("takes subnet, net30 or p2p".to_owned()),
+    };
+    t.settings.topology = Some(At {
+        line: d.line,
+        value,
+    });
+    Ok(())
+}
+
+pub(super) fn keepalive(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    let [interval, timeout] = args else {
+        return Err("takes INTERVAL TIMEOUT".to_owned());
+    };
+    let interval: u64 = parse_number(interval, "number of seconds")?;
+    let timeout: u64 = parse_number(timeout, "number of seconds")?;
+    if interval == 0 || timeout <= interval {
+        return Err(format!(
+            "keepalive {interval} {timeout}: the daemon needs an interval of at least 1 s and a longer timeout"
+        ));
+    }
+    t.settings.keepalive = Some(At {
+        line: d.line,
+        value: (interval, timeout),
+    });
+    Ok(())
+}
+
+/// The one `SECONDS` argument of `ping`, `ping-restart` and `ping-exit`.
+fn seconds_argument(args: &[&str]) -> Result<u64, String> {
+    let [seconds] = args else {
+        return Err("takes SECONDS".to_owned());
+    };
+    parse_number(seconds, "number of seconds")
+}
+
+pub(super) fn ping(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let value = seconds_argument(args)?;
+    t.settings.ping = Some(At {
+        line: d.line,
+        value,
+    });
+    Ok(())
+}
+
+pub(super) fn ping_restart(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    let value = seconds_argument(args)?;
+    t.settings.ping_restart = Some(At {
+        line: d.line,
+        value,
+    });
+    Ok(())
+}
+
+/// Read as `ping-restart`: the daemon reconnects where OpenVPN would exit.
+pub(super) fn ping_exit(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    let value = seconds_argument(args)?;
+    let line = d.line;
+    t.notes.push(format!(
+        "line {line}: ping-exit {value}: the daemon does not exit when the peer goes silent; it declares the peer dead after {value} s and reconnects (keepalive timeout)"
+    ));
+    t.settings.ping_restart = Some(At { line, value });
+    Ok(())
+}
+
+pub(super) fn tls_auth(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    if !t.arguments(d, 1..=2) {
+        return Ok(());
+    }
+    let direction = match args.get(1) {
+        None => None,
+        Some(&"0") => Some(0),
+        Some(&"1") => Some(1),
+        Some(other) => return Err(format!("key direction `{other}` must be 0 or 1")),
+    };
+    if let Some(key) = t.source(d, "tls-auth.key") {
+        t.settings.tls_auth = Some(At {
+            line: d.line,
+            value: (key, direction),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn key_direction(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    let value = match args {
+        ["0"] => 0,
+        ["1"] => 1,
+        _ => return Err("takes 0 or 1".to_owned()),
+    };
+    t.settings.key_direction = Some(At {
+        line: d.line,
+        value,
+    });
+    Ok(())
+}
+
+pub(super) fn auth(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let [digest] = args else {
+        return Err("takes DIGEST".to_owned());
+    };
+    t.settings.auth = Some(At {
+        line: d.line,
+        value: (*digest).to_owned(),
+    });
+    Ok(())
+}
+
+pub(super) fn tls_crypt(t: &mut Translator<'_>, d: &Directive, _: &[&str]) -> Result<(), String> {
+    if let Some(key) = one_file(t, d, "tls-crypt.key") {
+        t.settings.tls_crypt = Some(key);
+    }
+    Ok(())
+}
+
+/// `data-ciphers` and its old name `ncp-ciphers`.
+pub(super) fn data_ciphers(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    let [list] = args else {
+        return Err("takes CIPHER[:CIPHER...]".to_owned());
+    };
+    let mut ciphers = Vec::new();
+    let mut dropped = Vec::new();
+    for name in list.split(':').filter(|name| !name.is_empty()) {
+        // "?NAME" (2.6): use the cipher only if the library has it.
+        let name = name.strip_prefix('?').unwrap_or(name);
+        match name.parse::<Cipher>() {
+            Ok(cipher) if !ciphers.contains(&cipher) => ciphers.push(cipher),
+            Ok(_) => {}
+            Err(_) => dropped.push(name.to_owned()),
+        }
+    }
+    if ciphers.is_empty() {
+        return Err(format!(
+            "none of `{list}` is supported; the daemon supports AES-256-GCM, AES-128-GCM and CHACHA20-POLY1305 (no CBC)"
+        ));
+    }
+    if !dropped.is_empty() {
+        t.ignore(
+            d.line,
+            &d.name,
+            format!(
+                "{} dropped from the list: only AEAD ciphers are supported; peers that can only use {} cannot connect",
+                dropped.join(", "),
+                if dropped.len() == 1 { "it" } else { "them" }
+            ),
+        );
+    }
+    t.settings.data_ciphers = Some(At {
+        line: d.line,
+        value: ciphers,
+    });
+    Ok(())
+}
+
+/// `cipher` and `data-ciphers-fallback`: only for peers that cannot negotiate, so ignored.
+pub(super) fn cipher(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let [name] = args else {
+        return Err("takes CIPHER".to_owned());
+    };
+    let reason = if name.parse::<Cipher>().is_ok() {
+        "OpenVPN 2.6 uses it only for peers that cannot negotiate a cipher; the daemon always negotiates from data-ciphers".to_owned()
+    } else {
+        format!("OpenVPN 2.6 uses it only for peers that cannot negotiate a cipher; {name} is not supported (AEAD only), so such peers (OpenVPN 2.3 and older, or pinned to {name}) cannot connect")
+    };
+    t.ignore(d.line, &d.name, reason);
+    Ok(())
+}
+
+pub(super) fn remote(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let (host, port, proto) = match args {
+        [host] => (*host, None, None),
+        [host, port] => (*host, Some(*port), None),
+        [host, port, proto] => (*host, Some(*port), Some(*proto)),
+        _ => return Err("takes HOST [PORT [PROTO]]".to_owned()),
+    };
+    let port = port
+        .map(|port| parse_number::<u16>(port, "port"))
+        .transpose()?;
+    let proto = proto
+        .map(|proto| {
+            Proto::parse(proto)
+                .map(|(proto, _)| proto)
+                .ok_or_else(|| format!("unknown protocol `{proto}`"))
+        })
+        .transpose()?;
+    t.settings.remotes.push(At {
+        line: d.line,
+        value: RemoteSetting {
+            host: host.to_owned(),
+            port,
+            proto,
+        },
+    });
+    Ok(())
+}
+
+pub(super) fn proto(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let [proto] = args else {
+        return Err("takes udp, tcp, tcp-server, tcp-client (or a 4/6 variant)".to_owned());
+    };
+    let value = Proto::parse(proto).ok_or_else(|| format!("unknown protocol `{proto}`"))?;
+    t.settings.proto = Some(At {
+        line: d.line,
+        value,
+    });
+    Ok(())
+}
+
+/// The one `PORT` argument of `port`, `lport` and `rport`.
+fn port_argument(args: &[&str]) -> Result<u16, String> {
+    let [port] = args else {
+        return Err("takes PORT".to_owned());
+    };
+    parse_number(port, "port")
+}
+
+pub(super) fn port(t: &mut Translator<'_>, _: &Directive, args: &[&str]) -> Result<(), String> {
+    t.settings.port = Some(port_argument(args)?);
+    Ok(())
+}
+
+pub(super) fn lport(t: &mut Translator<'_>, _: &Directive, args: &[&str]) -> Result<(), String> {
+    t.settings.lport = Some(port_argument(args)?);
+    Ok(())
+}
+
+pub(super) fn rport(t: &mut Translator<'_>, _: &Directive, args: &[&str]) -> Result<(), String> {
+    t.settings.rport = Some(port_argument(args)?);
+    Ok(())
+}
+
+pub(super) fn local(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let [address] = args else {
+        return Err("takes ADDRESS".to_owned());
+    };
+    let value: IpAddr = address.parse().map_err(|_| {
+        format!("`{address}` is not an IP address (config schema v1 takes IP addresses, not host names)")
+    })?;
+    t.settings.local = Some(At {
+        line: d.line,
+        value,
+    });
+    Ok(())
+}
+
+pub(super) fn dev(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let [device] = args else {
+        return Err("takes tun, tunN or a device name".to_owned());
+    };
+    if device.starts_with("tap") {
+        return Err(TAP.to_owned());
+    }
+    if *device == "null" {
+        return Err("dev null (no tunnel device) is not supported".to_owned());
+    }
+    t.settings.dev = Some(At {
+        line: d.line,
+        value: (*device).to_owned(),
+    });
+    Ok(())
+}
+
+pub(super) fn dev_type(_: &mut Translator<'_>, _: &Directive, args: &[&str]) -> Result<(), String> {
+    match args {
+        ["tun"] => Ok(()),
+        ["tap"] => Err(TAP.to_owned()),
+        _ => Err("takes tun or tap".to_owned()),
+    }
+}
+
+pub(super) fn comp_lzo(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    if !t.arguments(d, 0..=1) {
+        return Ok(());
+    }
+    let line = d.line;
+    t.settings.compress = Some(At {
+        line,
+        value: Compress::LzoStub,
+    });
+    if let Some(mode) = args.first().filter(|mode| **mode != "no") {
+        t.notes.push(format!(
+            "line {line}: comp-lzo {mode}: the daemon never compresses; it keeps the comp-lzo framing and drops compressed packets from the peer (OpenVPN 2.6 with `allow-compression no` does the same)"
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn compress(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let value = match args {
+        [] | ["stub"] | ["lz4"] => Compress::Stub,
+        ["stub-v2"] | ["lz4-v2"] => Compress::StubV2,
+        ["lzo"] => return Err("`compress lzo` framing is not supported; comp-lzo, compress, compress stub|lz4 and compress stub-v2|lz4-v2 are".to_owned()),
+        ["migrate"] => return Err("`compress migrate` is not supported".to_owned()),
+        _ => return Err("takes nothing, stub, stub-v2, lz4, lz4-v2 or lzo".to_owned()),
+    };
+    t.settings.compress = Some(At {
+        line: d.line,
+        value,
+    });
+    Ok(())
+}
+
+pub(super) fn remote_cert_tls(
+    t: &mut Translator<'_>,
+    _: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    t.settings.remote_cert_tls = Some(match args {
+        ["server"] => "server",
+        ["client"] => "client",
+        _ => return Err("takes server or client".to_owned()),
+    });
+    Ok(())
+}
+
+pub(super) fn verify_x509_name(
+    t: &mut Translator<'_>,
+    _: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    match args {
+        [name, "name"] => t.settings.verify_x509_name = Some((*name).to_owned()),
+        [_] | [_, "subject"] => {
+            return Err("the default type `subject` compares the whole subject DN; the daemon checks the common name only: write `verify-x509-name CN name`".to_owned())
+        }
+        [_, "name-prefix"] => {
+            return Err("`name-prefix` is not supported; the daemon checks the exact common name (`verify-x509-name CN name`)".to_owned())
+        }
+        _ => return Err("takes NAME [subject|name|name-prefix]".to_owned()),
+    }
+    Ok(())
+}
+
+pub(super) fn verify_client_cert(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    match args {
+        [] | ["require"] => {
+            t.ignore(
+                d.line,
+                "verify-client-cert",
+                "clients always need a valid certificate",
+            );
+            Ok(())
+        }
+        _ => Err(
+            "clients without certificates are not supported: the daemon authenticates peers by certificate only"
+                .to_owned(),
+        ),
+    }
+}
+
+/// The one file (or inline block, written to `file_name` with `--write-inline`) of `ca`, `cert`,
+/// `key`, `crl-verify` and `tls-crypt`; `None` after reporting why there is none.
+fn one_file(t: &mut Translator<'_>, d: &Directive, file_name: &str) -> Option<At<Source>> {
+    if !t.arguments(d, 1..=1) {
+        return None;
+    }
+    let value = t.source(d, file_name)?;
+    Some(At {
+        line: d.line,
+        value,
+    })
+}
+
+pub(super) fn ca(t: &mut Translator<'_>, d: &Directive, _: &[&str]) -> Result<(), String> {
+    if let Some(ca) = one_file(t, d, "ca.crt") {
+        t.settings.ca = Some(ca);
+    }
+    Ok(())
+}
+
+pub(super) fn cert(t: &mut Translator<'_>, d: &Directive, _: &[&str]) -> Result<(), String> {
+    if let Some(cert) = one_file(t, d, "cert.crt") {
+        t.settings.cert = Some(cert);
+    }
+    Ok(())
+}
+
+pub(super) fn key(t: &mut Translator<'_>, d: &Directive, _: &[&str]) -> Result<(), String> {
+    if let Some(key) = one_file(t, d, "key.pem") {
+        t.settings.key = Some(key);
+    }
+    Ok(())
+}
+
+pub(super) fn crl_verify(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    if args.get(1) == Some(&"dir") {
+        return Err("a CRL directory is not supported; give one PEM CRL file".to_owned());
+    }
+    if let Some(crl) = one_file(t, d, "crl.pem") {
+        t.settings.crl = Some(crl);
+    }
+    Ok(())
+}
+
+pub(super) fn reneg_sec(
+    t: &mut Translator<'_>,
+    d: &Directive,
+    args: &[&str],
+) -> Result<(), String> {
+    let (seconds, maximum) = match args {
+        [seconds] => (*seconds, None),
+        [seconds, maximum] => (*seconds, Some(*maximum)),
+        _ => return Err("takes SECONDS [MAX]".to_owned()),
+    };
+    let seconds: u64 = parse_number(seconds, "number of seconds")?;
+    if (1..10).contains(&seconds) {
+        return Err(format!(
+            "{seconds} s: the daemon renegotiates at most every 10 s (0 turns it off)"
+        ));
+    }
+    if maximum.is_some() {
+        t.ignore(
+            d.line,
+            "reneg-sec",
+            "the second value (randomisation range) is not used; keys are renegotiated every SECONDS",
+        );
+    }
+    t.settings.reneg_sec = Some(At {
+        line: d.line,
+        value: seconds,
+    });
+    Ok(())
+}
+
+pub(super) fn tun_mtu(t: &mut Translator<'_>, d: &Directive, args: &[&str]) -> Result<(), String> {
+    let [mtu] = args else {
+        return Err("takes MTU".to_owned());
+    };
+    let mtu: u32 = parse_number(mtu, "MTU")?;
+    if !(576..=9000).contains(&mtu) {
+        return Err(format!("MTU {mtu}: the daemon takes 576 to 9000"));
+    }
+    t.settings.mtu = Some(At {
+        line: d.line,
+        value: mtu,
+    });
+    Ok(())
+}
+
+/// `cd DIR`: later relative paths resolve against it.
+pub(super) fn cd(t: &mut Translator<'_>, _: &Directive, args: &[&str]) -> Result<(), String> {
+    let [dir] = args else {
+        return Err("takes DIR".to_owned());
+    };
+    t.settings.base_dir = t.settings.base_dir.join(dir);
+    Ok(())
 }

@@ -6,7 +6,8 @@ use super::plan::Plan;
 use super::render::render;
 use super::translate::translate;
 use super::{Diagnostic, ImportOptions};
-use crate::config::{Compress, Role, Topology, Transport};
+use crate::config::{Compress, Role};
+use crate::proto::vocabulary::{Topology, Transport};
 
 const PKI_CLIENT: &str = "ca ../../examples/pki/ca.crt\ncert ../../examples/pki/site-b.crt\nkey ../../examples/pki/site-b.key\n";
 const PKI_SERVER: &str = "ca ../../examples/pki/ca.crt\ncert ../../examples/pki/site-a.crt\nkey ../../examples/pki/site-a.key\n";

@@ -11,7 +11,8 @@ use super::plan::{P2pPlan, Plan, ServerPlan, Source, TlsAuthPlan};
 use super::read::{ipv4_prefix, netmask_length, At, Proto, Settings};
 use super::tokenize::{split_line, tokenize};
 use super::{describe, Diagnostic, ImportOptions};
-use crate::config::{Role, Topology, Transport};
+use crate::config::Role;
+use crate::proto::vocabulary::{Topology, Transport};
 
 const DEFAULT_PORT: u16 = 1194;
 const DEFAULT_WAN: &str = "eth0";
@@ -659,81 +660,11 @@ impl Translator<'_> {
                 Topology::Net30
             }
         };
-        let (subnet, server_address, subnet_route) = match (
-            self.settings.server.clone(),
-            self.settings.ifconfig.clone(),
-        ) {
-            (Some(server), Some(ifconfig)) => {
-                self.error(
-                    Some(ifconfig.line),
-                    "ifconfig",
-                    format!(
-                        "`server` on line {} sets the server's address already; remove one of them",
-                        server.line
-                    ),
-                );
-                return None;
-            }
-            (Some(server), None) => {
-                if !(8..=29).contains(&server.value.prefix_len()) {
-                    self.error(
-                        Some(server.line),
-                        "server",
-                        format!("{}: the daemon takes /8 to /29", server.value),
-                    );
-                    return None;
-                }
-                (server.value, None, None)
-            }
-            (None, None) => {
-                self.error(self.settings.mode_server, "ifconfig", "missing: mode server needs ifconfig (the server's tunnel address) and ifconfig-pool");
-                return None;
-            }
-            (None, Some(ifconfig)) => {
-                let (address, second) = ifconfig.value;
-                match topology {
-                    Topology::Subnet => {
-                        let length = match netmask_length(&second.to_string()) {
-                            Ok(length) => length,
-                            Err(reason) => {
-                                self.error(Some(ifconfig.line), "ifconfig", format!("with topology subnet the second address is the netmask: {reason}"));
-                                return None;
-                            }
-                        };
-                        let subnet = Ipv4Net::new(address, length).map(|net| net.trunc());
-                        match subnet {
-                            Ok(subnet) => (subnet, Some(address), None),
-                            Err(error) => {
-                                self.error(Some(ifconfig.line), "ifconfig", error.to_string());
-                                return None;
-                            }
-                        }
-                    }
-                    Topology::Net30 => {
-                        // The client subnet is the `route` that covers the server's address.
-                        let covering =
-                            self.settings
-                                .routes
-                                .iter()
-                                .find(|route| match route.value.prefix {
-                                    IpNet::V4(prefix) => {
-                                        prefix.contains(&address) && prefix.prefix_len() < 30
-                                    }
-                                    IpNet::V6(_) => false,
-                                });
-                        match covering.map(|route| (route.value.prefix, route.line)) {
-                            Some((IpNet::V4(prefix), line)) => {
-                                (prefix, Some(address), Some((IpNet::V4(prefix), line)))
-                            }
-                            _ => {
-                                self.error(Some(ifconfig.line), "ifconfig", format!("mode server with topology net30: no `route NETWORK NETMASK` covers {address}, so the client subnet is unknown"));
-                                return None;
-                            }
-                        }
-                    }
-                }
-            }
-        };
+        let ServerSubnet {
+            subnet,
+            server_address,
+            subnet_route_line,
+        } = self.server_subnet(topology)?;
         if !(8..=29).contains(&subnet.prefix_len()) {
             self.error(
                 None,
@@ -745,11 +676,140 @@ impl Translator<'_> {
         if self.settings.server.is_none() && self.settings.ifconfig_pool.is_none() {
             self.error(self.settings.mode_server, "mode", "mode server without ifconfig-pool (addresses only from client-config-dir) is not supported: the daemon would hand out pool addresses to clients OpenVPN refuses; add ifconfig-pool");
         }
-        if let Some((_, line)) = subnet_route {
+        self.server_routes(subnet, subnet_route_line, routes);
+        let server_address_value = server_address
+            .unwrap_or_else(|| Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1)));
+        let (push_routes, push) = self.pushes(topology, server_address_value, keepalive_set);
+        let client_config_dir = self.client_config_dir();
+        Some(ServerPlan {
+            subnet,
+            topology,
+            server_address,
+            ifconfig_pool: self.settings.ifconfig_pool.as_ref().map(|at| at.value),
+            push_routes,
+            push,
+            client_to_client: self.settings.client_to_client.is_some(),
+            duplicate_cn: self.settings.duplicate_cn.is_some(),
+            client_config_dir,
+            max_clients: self.settings.max_clients.as_ref().map(|at| at.value),
+        })
+    }
+
+    /// The client subnet, from `server NETWORK NETMASK` or, under `mode server`, from `ifconfig`.
+    fn server_subnet(&mut self, topology: Topology) -> Option<ServerSubnet> {
+        match (self.settings.server.clone(), self.settings.ifconfig.clone()) {
+            (Some(server), Some(ifconfig)) => {
+                self.error(
+                    Some(ifconfig.line),
+                    "ifconfig",
+                    format!(
+                        "`server` on line {} sets the server's address already; remove one of them",
+                        server.line
+                    ),
+                );
+                None
+            }
+            (Some(server), None) => {
+                if !(8..=29).contains(&server.value.prefix_len()) {
+                    self.error(
+                        Some(server.line),
+                        "server",
+                        format!("{}: the daemon takes /8 to /29", server.value),
+                    );
+                    return None;
+                }
+                Some(ServerSubnet {
+                    subnet: server.value,
+                    server_address: None,
+                    subnet_route_line: None,
+                })
+            }
+            (None, None) => {
+                self.error(self.settings.mode_server, "ifconfig", "missing: mode server needs ifconfig (the server's tunnel address) and ifconfig-pool");
+                None
+            }
+            (None, Some(ifconfig)) => self.mode_server_subnet(topology, ifconfig),
+        }
+    }
+
+    /// `mode server` with `ifconfig ADDRESS NETMASK` (topology subnet), or with `ifconfig` and
+    /// the `route` that covers the server's address (topology net30, as OpenVPN's own `server`
+    /// helper writes it).
+    fn mode_server_subnet(
+        &mut self,
+        topology: Topology,
+        ifconfig: At<(Ipv4Addr, Ipv4Addr)>,
+    ) -> Option<ServerSubnet> {
+        let (address, second) = ifconfig.value;
+        match topology {
+            Topology::Subnet => {
+                let length = match netmask_length(&second.to_string()) {
+                    Ok(length) => length,
+                    Err(reason) => {
+                        self.error(
+                            Some(ifconfig.line),
+                            "ifconfig",
+                            format!(
+                                "with topology subnet the second address is the netmask: {reason}"
+                            ),
+                        );
+                        return None;
+                    }
+                };
+                match Ipv4Net::new(address, length).map(|net| net.trunc()) {
+                    Ok(subnet) => Some(ServerSubnet {
+                        subnet,
+                        server_address: Some(address),
+                        subnet_route_line: None,
+                    }),
+                    Err(error) => {
+                        self.error(Some(ifconfig.line), "ifconfig", error.to_string());
+                        None
+                    }
+                }
+            }
+            Topology::Net30 => {
+                let covering =
+                    self.settings
+                        .routes
+                        .iter()
+                        .find_map(|route| match route.value.prefix {
+                            IpNet::V4(prefix)
+                                if prefix.contains(&address) && prefix.prefix_len() < 30 =>
+                            {
+                                Some((prefix, route.line))
+                            }
+                            _ => None,
+                        });
+                match covering {
+                    Some((subnet, line)) => Some(ServerSubnet {
+                        subnet,
+                        server_address: Some(address),
+                        subnet_route_line: Some(line),
+                    }),
+                    None => {
+                        self.error(Some(ifconfig.line), "ifconfig", format!("mode server with topology net30: no `route NETWORK NETMASK` covers {address}, so the client subnet is unknown"));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// `route` lines of a server config: prefixes routed to the clients (to whichever client's
+    /// iroute covers them), so their gateway, if any, must be in the client subnet.
+    /// `subnet_route_line` is the net30 `route` that is the client subnet itself.
+    fn server_routes(
+        &mut self,
+        subnet: Ipv4Net,
+        subnet_route_line: Option<usize>,
+        routes: &mut Vec<IpNet>,
+    ) {
+        if let Some(line) = subnet_route_line {
             self.ignore(line, "route", "the client subnet of the net30 mode-server config: it is the `server` key (the daemon routes it)");
         }
         for route in self.settings.routes.clone() {
-            if subnet_route.is_some_and(|(_, line)| line == route.line) {
+            if subnet_route_line == Some(route.line) {
                 continue;
             }
             if let Some(gateway) = &route.value.gateway {
@@ -766,48 +826,32 @@ impl Translator<'_> {
                 routes.push(route.value.prefix);
             }
         }
-        let server_address_value = server_address
-            .unwrap_or_else(|| Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1)));
-        let (push_routes, push) = self.pushes(topology, server_address_value, keepalive_set);
+    }
+
+    /// The client-config-dir to name (`--ccd` wins over the config's own), with every problem
+    /// of its files reported.
+    fn client_config_dir(&mut self) -> Option<PathBuf> {
         let client_config_dir = match (&self.options.ccd_dir, &self.settings.client_config_dir) {
             (Some(dir), _) => Some(std::path::absolute(dir).unwrap_or_else(|_| dir.clone())),
             (None, Some(at)) => Some(at.value.clone()),
             (None, None) => None,
         };
-        if let Some(dir) = &client_config_dir {
-            let line = self.settings.client_config_dir.as_ref().map(|at| at.line);
-            let problems = check_ccd_dir(dir);
-            for problem in problems {
-                match problem {
-                    CcdProblem::Directory(reason) => self.error(
-                        if self.options.ccd_dir.is_some() {
-                            None
-                        } else {
-                            line
-                        },
-                        if self.options.ccd_dir.is_some() {
-                            "--ccd"
-                        } else {
-                            "client-config-dir"
-                        },
-                        reason,
-                    ),
-                    CcdProblem::File(diagnostic) => self.diagnostics.push(diagnostic),
-                }
+        let dir = client_config_dir.as_ref()?;
+        // A problem with the directory itself is at the option that named it.
+        let (line, option) = match self.options.ccd_dir {
+            Some(_) => (None, "--ccd"),
+            None => (
+                self.settings.client_config_dir.as_ref().map(|at| at.line),
+                "client-config-dir",
+            ),
+        };
+        for problem in check_ccd_dir(dir) {
+            match problem {
+                CcdProblem::Directory(reason) => self.error(line, option, reason),
+                CcdProblem::File(diagnostic) => self.diagnostics.push(diagnostic),
             }
         }
-        Some(ServerPlan {
-            subnet,
-            topology,
-            server_address,
-            ifconfig_pool: self.settings.ifconfig_pool.as_ref().map(|at| at.value),
-            push_routes,
-            push,
-            client_to_client: self.settings.client_to_client.is_some(),
-            duplicate_cn: self.settings.duplicate_cn.is_some(),
-            client_config_dir,
-            max_clients: self.settings.max_clients.as_ref().map(|at| at.value),
-        })
+        client_config_dir
     }
 
     /// `push "..."` lines → pushed routes and verbatim options. What the daemon's server pushes
@@ -859,6 +903,16 @@ impl Translator<'_> {
         }
         (routes, verbatim)
     }
+}
+
+/// Where a server's clients get their addresses.
+struct ServerSubnet {
+    /// The client subnet (`server` in the TOML).
+    subnet: Ipv4Net,
+    /// The server's own address if the config sets it (`ifconfig` under `mode server`).
+    server_address: Option<Ipv4Addr>,
+    /// The line of the net30 `route` that gave the client subnet, if that is where it came from.
+    subnet_route_line: Option<usize>,
 }
 
 /// A problem with a client-config-dir.

@@ -20,8 +20,8 @@ use tokio::{
     sync::{broadcast, mpsc, oneshot},
 };
 
-use crate::io::server::{ClientEvent, ClientInfo};
-use crate::status::Status;
+use crate::state::{ClientEvent, NodeEvent};
+use crate::status::{ClientStatus, Status};
 
 /// Longest request line accepted; anything longer is a protocol error, not a reason to buffer.
 const MAX_REQUEST_BYTES: usize = 4096;
@@ -51,33 +51,28 @@ pub struct ClientEventRecord {
     /// The server tunnel's name.
     pub tunnel: String,
     #[serde(flatten)]
-    pub client: ClientInfo,
+    pub client: ClientStatus,
     /// Why the client left (disconnections only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
-impl ClientEventRecord {
-    /// The record of one server event of tunnel `tunnel`.
-    pub fn new(tunnel: &str, event: ClientEvent) -> Self {
-        let (event, client, reason) = match event {
-            ClientEvent::ClientConnected(client) => ("client-connected", client, None),
-            ClientEvent::ClientDisconnected { client, reason } => {
-                ("client-disconnected", client, Some(reason))
+impl From<&NodeEvent> for ClientEventRecord {
+    fn from(event: &NodeEvent) -> Self {
+        let (name, client, reason) = match &event.event {
+            ClientEvent::Connected(client) => ("client-connected", client, None),
+            ClientEvent::Disconnected { client, reason } => {
+                ("client-disconnected", client, Some(reason.clone()))
             }
         };
         ClientEventRecord {
-            event: event.to_owned(),
-            tunnel: tunnel.to_owned(),
-            client,
+            event: name.to_owned(),
+            tunnel: event.tunnel.clone(),
+            client: client.into(),
             reason,
         }
     }
 }
-
-/// Capacity of the daemon-wide event stream; a slow `events` client loses the oldest events
-/// (and is told how many).
-pub const DAEMON_EVENT_CAPACITY: usize = 1024;
 
 /// A request from a control client, with the channel its answer goes back on.
 pub type ControlRequest = (Request, oneshot::Sender<Response>);
@@ -117,11 +112,11 @@ impl ControlSocket {
     }
 
     /// Accepts clients until the receiving end of `requests` is gone.
-    /// `events` is the daemon-wide client event stream that [`Request::Events`] subscribes to.
+    /// `events` is the bus's edge-event stream that [`Request::Events`] subscribes to.
     pub fn serve(
         &mut self,
         requests: mpsc::Sender<ControlRequest>,
-        events: broadcast::Sender<ClientEventRecord>,
+        events: broadcast::Sender<NodeEvent>,
     ) -> tokio::task::JoinHandle<()> {
         let listener = self.listener.take().expect("serve is called once");
         tokio::spawn(async move {
@@ -159,7 +154,7 @@ impl Drop for ControlSocket {
 async fn serve_client(
     stream: UnixStream,
     requests: mpsc::Sender<ControlRequest>,
-    events: broadcast::Sender<ClientEventRecord>,
+    events: broadcast::Sender<NodeEvent>,
 ) -> anyhow::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut lines = AsyncBufReader::new(reader.take(MAX_REQUEST_BYTES as u64 * 16)).lines();
@@ -200,12 +195,12 @@ async fn serve_client(
 /// Writes every event of `events` as a [`Response::Event`] line until the client hangs up or
 /// the daemon stops.
 async fn stream_events(
-    mut events: broadcast::Receiver<ClientEventRecord>,
+    mut events: broadcast::Receiver<NodeEvent>,
     mut writer: tokio::net::unix::OwnedWriteHalf,
 ) -> anyhow::Result<()> {
     loop {
         let response = match events.recv().await {
-            Ok(record) => Response::Event(record),
+            Ok(event) => Response::Event(ClientEventRecord::from(&event)),
             Err(broadcast::error::RecvError::Lagged(lost)) => Response::Error {
                 message: format!("{lost} events lost: this client reads too slowly"),
             },
@@ -271,7 +266,7 @@ mod tests {
 
     #[test]
     fn event_lines_are_flat_json_and_round_trip() {
-        let client = ClientInfo {
+        let client = crate::state::ClientInfo {
             common_name: "alice".to_owned(),
             virtual_address: "10.8.0.6".parse().unwrap(),
             iroutes: vec!["192.168.7.0/24".parse().unwrap()],
@@ -279,7 +274,11 @@ mod tests {
             peer_id: 3,
             connected_since_unix: 1_700_000_000,
         };
-        let up = ClientEventRecord::new("office", ClientEvent::ClientConnected(client.clone()));
+        let event = |event| NodeEvent {
+            tunnel: "office".to_owned(),
+            event,
+        };
+        let up = ClientEventRecord::from(&event(ClientEvent::Connected(client.clone())));
         let json: serde_json::Value = serde_json::to_value(&up).unwrap();
         assert_eq!(
             json,
@@ -290,13 +289,10 @@ mod tests {
                 "connected_since_unix": 1_700_000_000u64,
             })
         );
-        let down = ClientEventRecord::new(
-            "office",
-            ClientEvent::ClientDisconnected {
-                client,
-                reason: "exit".to_owned(),
-            },
-        );
+        let down = ClientEventRecord::from(&event(ClientEvent::Disconnected {
+            client,
+            reason: "exit".to_owned(),
+        }));
         assert_eq!(down.event, "client-disconnected");
         assert_eq!(down.reason.as_deref(), Some("exit"));
         // As the control socket sends it, and as `vpn-daemon events` reads it back.

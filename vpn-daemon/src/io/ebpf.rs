@@ -35,18 +35,16 @@ use vpn_common::{
     user::{addr16, prefix_bits},
     wan::{
         AdmissionConfig, PeerKey, TunnelPortKey, WanCounter, ADMISSION_CONFIG_MAP,
-        HANDSHAKE_BUCKET_MAP, PORT_LISTENING, TUNNEL_PORTS_MAP, WAN_COUNTERS_MAP, WAN_PEERS_MAP,
-        WAN_PENDING_MAP, XDP_WAN_PROGRAM,
+        HANDSHAKE_BUCKET_MAP, TUNNEL_PORTS_MAP, WAN_COUNTERS_MAP, WAN_PEERS_MAP, WAN_PENDING_MAP,
+        XDP_WAN_PROGRAM,
     },
     PrefixKey, BPF_FS_ROOT,
 };
 
 use crate::{
     config,
-    io::{
-        ebpf_log::{load_object, EbpfLogLevel, EbpfLogReader, TracingLog, EBPF_LOG_TARGET},
-        ebpf_plan::FastPathPlan,
-    },
+    io::ebpf_log::{load_object, EbpfLogLevel, EbpfLogReader, TracingLog, EBPF_LOG_TARGET},
+    plan::fast_path::FastPathPlan,
 };
 
 /// Every map of the object; all are pinned under `/sys/fs/bpf/<node>/`.
@@ -198,13 +196,6 @@ impl WanFilter {
             attached.push(format!("{TC_TUN_PROGRAM} on {device} ingress"));
         }
         attached
-    }
-
-    /// Makes the kernel's tunnel-port map equal `wanted` (ports without flags are plain
-    /// listening ports: unknown sources are dropped there).
-    pub fn set_tunnel_ports(&mut self, wanted: &BTreeSet<TunnelPortKey>) -> anyhow::Result<()> {
-        let wanted = wanted.iter().map(|&key| (key, PORT_LISTENING)).collect();
-        self.sync_tunnel_ports(&wanted)
     }
 
     fn sync_tunnel_ports(&mut self, wanted: &BTreeMap<TunnelPortKey, u8>) -> anyhow::Result<()> {

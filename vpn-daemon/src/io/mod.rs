@@ -2,10 +2,7 @@
 pub mod control;
 pub mod ebpf;
 pub mod ebpf_log;
-pub mod ebpf_plan;
 pub mod netlink;
-pub mod offload;
-pub mod server;
+pub mod route_reconciler;
 pub mod tun;
-pub mod tunnel;
 pub mod udp_batch;

@@ -5,24 +5,33 @@
 //! routes of other daemons. Adds are idempotent (an existing address is success, routes use
 //! `NLM_F_REPLACE`) and deleting a missing route is success.
 //!
-//! The netlink socket lives in the network namespace of the thread that calls [`Netlink::new`].
+//! The netlink socket lives in the network namespace of the thread that calls [`Netlink::new`];
+//! so does the one [`Netlink::subscribe`] opens.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{bail, Context as _};
-use futures_util::TryStreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use ipnet::IpNet;
 use rtnetlink::{
-    packet_core::ErrorMessage,
+    packet_core::{ErrorMessage, NetlinkMessage, NetlinkPayload},
     packet_route::{
         address::{AddressAttribute, AddressMessage},
+        link::{LinkAttribute, LinkFlags},
         route::{
             RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+            RouteVia,
         },
-        AddressFamily,
+        AddressFamily, RouteNetlinkMessage,
     },
-    LinkUnspec, RouteMessageBuilder,
+    sys::AsyncSocket as _,
+    LinkUnspec, MulticastGroup, RouteMessageBuilder,
 };
+
+use crate::routes::InstalledRoute;
 
 /// The rtnetlink protocol id on every route this daemon installs (`rtm_protocol`). 156 (0x9c) is
 /// unassigned in the kernel's `RTPROT_*` list and in iproute2's `rt_protos`.
@@ -35,15 +44,27 @@ pub type OurRoute = (IpNet, Option<IpAddr>, u32);
 #[derive(Debug, Clone)]
 pub struct Netlink {
     handle: rtnetlink::Handle,
+    /// The socket's netlink port id: the kernel puts it into the notifications of the changes
+    /// this socket made, which is how [`Changes`] tells ours from everybody else's.
+    port: u32,
 }
 
 impl Netlink {
     /// Opens the socket (in the calling thread's network namespace) and spawns its task.
     pub async fn new() -> anyhow::Result<Netlink> {
-        let (connection, handle, _) =
+        let (mut connection, handle, _) =
             rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+        // Bound now rather than on the first send, so that the port id is known.
+        let address = connection
+            .socket_mut()
+            .socket_mut()
+            .bind_auto()
+            .context("binding the rtnetlink socket")?;
         tokio::spawn(connection);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle,
+            port: address.port_number(),
+        })
     }
 
     /// The index of interface `name`, or `None` if there is none.
@@ -55,6 +76,23 @@ impl Netlink {
             Err(error) if errno(&error) == Some(libc::ENODEV) => Ok(None),
             Err(error) => Err(error).with_context(|| format!("looking up link {name}")),
         }
+    }
+
+    /// The index of every link that is administratively up, by name.
+    pub async fn up_links(&self) -> anyhow::Result<BTreeMap<String, u32>> {
+        let mut up = BTreeMap::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links.try_next().await.context("dumping links")? {
+            if !link.header.flags.contains(LinkFlags::Up) {
+                continue;
+            }
+            for attribute in link.attributes {
+                if let LinkAttribute::IfName(name) = attribute {
+                    up.insert(name, link.header.index);
+                }
+            }
+        }
+        Ok(up)
     }
 
     /// Sets link `index` up, and its MTU if given.
@@ -114,11 +152,30 @@ impl Netlink {
     /// Deletes our route to `dest` on link `dev`. A route that is already gone (or whose link
     /// is gone, which took the route with it) is success.
     pub async fn delete_route(&self, dest: IpNet, dev: u32) -> anyhow::Result<()> {
-        let mut message = route_message(dest, None, dev, None)?;
+        let message = route_message(dest, None, dev, None)?;
+        self.delete(message)
+            .await
+            .with_context(|| format!("deleting route {dest} dev {dev}"))
+    }
+
+    /// Deletes exactly `route` (destination, gateway, link and metric), a route of ours the
+    /// kernel reported. One that is already gone is success, as in [`Netlink::delete_route`].
+    pub async fn delete_installed_route(&self, route: &InstalledRoute) -> anyhow::Result<()> {
+        let message = route_message(
+            route.destination,
+            route.gateway,
+            route.ifindex,
+            Some(route.metric),
+        )?;
+        self.delete(message)
+            .await
+            .with_context(|| format!("deleting route {route:?}"))
+    }
+
+    async fn delete(&self, mut message: RouteMessage) -> Result<(), rtnetlink::Error> {
         // Like `ip route del`: match any scope.
         message.header.scope = RouteScope::NoWhere;
         match self.handle.route().del(message).execute().await {
-            Ok(()) => Ok(()),
             Err(error)
                 if matches!(
                     errno(&error),
@@ -127,12 +184,22 @@ impl Netlink {
             {
                 Ok(())
             }
-            Err(error) => Err(error).with_context(|| format!("deleting route {dest} dev {dev}")),
+            result => result,
         }
     }
 
     /// Every route in table main, IPv4 and IPv6, that carries our [`ROUTE_PROTOCOL`].
     pub async fn routes_with_our_protocol(&self) -> anyhow::Result<Vec<OurRoute>> {
+        Ok(self
+            .installed_routes()
+            .await?
+            .into_iter()
+            .map(|route| (route.destination, route.gateway, route.ifindex))
+            .collect())
+    }
+
+    /// Like [`Netlink::routes_with_our_protocol`], with each route's metric.
+    pub async fn installed_routes(&self) -> anyhow::Result<Vec<InstalledRoute>> {
         let mut ours = Vec::new();
         let dumps = [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -148,6 +215,116 @@ impl Netlink {
         }
         Ok(ours)
     }
+
+    /// Opens a second rtnetlink socket, in the calling thread's network namespace, subscribed
+    /// to the changes of links, addresses and routes (IPv4 and IPv6). Its task is spawned on
+    /// the current tokio runtime (this must be called inside one) and ends with the returned
+    /// [`Changes`]. Subscribe before dumping, so that nothing changes unseen in between.
+    pub fn subscribe(&self) -> anyhow::Result<Changes> {
+        let (mut connection, _, mut messages) = rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
+        ])
+        .context("opening an rtnetlink socket for link, address and route changes")?;
+        // The kernel does not wait for a slow reader: past the buffer, notifications are lost
+        // (and reported as an overrun). 1 MiB holds thousands of route changes.
+        connection
+            .socket_mut()
+            .socket_mut()
+            .set_rx_buf_sz(1 << 20)
+            .context("sizing the rtnetlink notification buffer")?;
+        let (sender, changes) = tokio::sync::mpsc::unbounded_channel();
+        let own_port = self.port;
+        let forward = async move {
+            while let Some((message, _)) = messages.next().await {
+                if let Some(change) = classify(&message, own_port) {
+                    if sender.send(change).is_err() {
+                        break;
+                    }
+                }
+            }
+        };
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                () = connection => {}
+                () = forward => {}
+            }
+        });
+        Ok(Changes { changes, task })
+    }
+}
+
+/// What a notification of [`Changes`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A route with our [`ROUTE_PROTOCOL`] in table main, changed by another socket than the
+    /// [`Netlink`] that subscribed (someone deleted or replaced one of ours).
+    OurRoute,
+    /// A link appeared, went, or changed (up, down, renamed).
+    Link,
+    /// An address was added or removed.
+    Address,
+    /// Notifications were lost (the buffer overflowed), or one came that is none of the above:
+    /// anything may have changed.
+    Unknown,
+}
+
+/// Link, address and route changes in the network namespace, from [`Netlink::subscribe`].
+/// Left out: routes of other protocols, and the route changes that the subscribing [`Netlink`]
+/// made itself.
+#[derive(Debug)]
+pub struct Changes {
+    changes: tokio::sync::mpsc::UnboundedReceiver<Change>,
+    /// Serves the socket and classifies its notifications into `changes`.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Changes {
+    /// The next change; `None` once the socket has failed (no change will be seen again).
+    pub async fn next(&mut self) -> Option<Change> {
+        self.changes.recv().await
+    }
+
+    /// A change that has already arrived, without waiting.
+    pub fn try_next(&mut self) -> Option<Change> {
+        self.changes.try_recv().ok()
+    }
+}
+
+impl Drop for Changes {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What `message` is about; `None` for a route of another protocol, or one changed through
+/// port `own_port`.
+fn classify(message: &NetlinkMessage<RouteNetlinkMessage>, own_port: u32) -> Option<Change> {
+    let NetlinkPayload::InnerMessage(inner) = &message.payload else {
+        return Some(Change::Unknown);
+    };
+    Some(match inner {
+        RouteNetlinkMessage::NewRoute(route) | RouteNetlinkMessage::DelRoute(route) => {
+            if message.header.port_number == own_port || our_route(route).is_none() {
+                return None;
+            }
+            Change::OurRoute
+        }
+        RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_) => Change::Link,
+        RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => Change::Address,
+        _ => Change::Unknown,
+    })
+}
+
+/// The errno of the kernel's refusal behind `error` (from any [`Netlink`] call), if it was one.
+pub fn kernel_errno(error: &anyhow::Error) -> Option<i32> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<rtnetlink::Error>())
+        .and_then(errno)
 }
 
 /// The errno of a kernel NACK, if that is what `error` is.
@@ -230,8 +407,8 @@ fn route_message(
     Ok(builder.build())
 }
 
-/// `(dest, gateway, oif)` of `route` if it is ours, in table main, and has an output interface.
-fn our_route(route: &RouteMessage) -> Option<OurRoute> {
+/// `route` if it is ours, in table main, and has an output interface.
+fn our_route(route: &RouteMessage) -> Option<InstalledRoute> {
     if u8::from(route.header.protocol) != ROUTE_PROTOCOL {
         return None;
     }
@@ -239,12 +416,17 @@ fn our_route(route: &RouteMessage) -> Option<OurRoute> {
     let mut destination = None;
     let mut gateway = None;
     let mut oif = None;
+    let mut metric = 0;
     for attribute in &route.attributes {
         match attribute {
             RouteAttribute::Table(id) => table = *id,
             RouteAttribute::Destination(address) => destination = ip_of(address),
             RouteAttribute::Gateway(address) => gateway = ip_of(address),
+            // An IPv4 route through an IPv6 gateway (RTA_VIA).
+            RouteAttribute::Via(RouteVia::Inet6(v6)) => gateway = Some(IpAddr::V6(*v6)),
+            RouteAttribute::Via(RouteVia::Inet(v4)) => gateway = Some(IpAddr::V4(*v4)),
             RouteAttribute::Oif(index) => oif = Some(*index),
+            RouteAttribute::Priority(priority) => metric = *priority,
             _ => {}
         }
     }
@@ -257,8 +439,12 @@ fn our_route(route: &RouteMessage) -> Option<OurRoute> {
         AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     });
-    let dest = IpNet::new(destination, prefix_len).ok()?;
-    Some((dest, gateway, oif?))
+    Some(InstalledRoute {
+        destination: IpNet::new(destination, prefix_len).ok()?,
+        gateway,
+        ifindex: oif?,
+        metric,
+    })
 }
 
 fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
@@ -328,7 +514,77 @@ mod tests {
         assert!(message.attributes.contains(&RouteAttribute::Oif(4)));
         assert_eq!(
             our_route(&message),
-            Some(("10.1.0.0/16".parse().unwrap(), None, 4))
+            Some(InstalledRoute {
+                destination: "10.1.0.0/16".parse().unwrap(),
+                gateway: None,
+                ifindex: 4,
+                metric: 20,
+            })
         );
+    }
+
+    #[test]
+    fn notifications_are_classified_leaving_out_other_and_own_route_changes() {
+        use rtnetlink::packet_core::NetlinkHeader;
+        use rtnetlink::packet_route::link::LinkMessage;
+        let notification = |port: u32, inner: RouteNetlinkMessage| {
+            let mut header = NetlinkHeader::default();
+            header.port_number = port;
+            NetlinkMessage::new(header, NetlinkPayload::InnerMessage(inner))
+        };
+        let ours = route_message("10.1.0.0/16".parse().unwrap(), None, 4, None).unwrap();
+        let mut static_route = ours.clone();
+        static_route.header.protocol = RouteProtocol::Static;
+        let cases = [
+            (
+                notification(7, RouteNetlinkMessage::DelRoute(ours.clone())),
+                Some(Change::OurRoute),
+            ),
+            (
+                notification(9, RouteNetlinkMessage::NewRoute(ours.clone())),
+                None,
+            ),
+            (
+                notification(3, RouteNetlinkMessage::NewRoute(static_route)),
+                None,
+            ),
+            (
+                notification(0, RouteNetlinkMessage::DelRoute(ours)),
+                Some(Change::OurRoute),
+            ),
+            (
+                notification(0, RouteNetlinkMessage::NewLink(LinkMessage::default())),
+                Some(Change::Link),
+            ),
+            (
+                notification(
+                    0,
+                    RouteNetlinkMessage::NewAddress(AddressMessage::default()),
+                ),
+                Some(Change::Address),
+            ),
+            (
+                NetlinkMessage::new(
+                    NetlinkHeader::default(),
+                    NetlinkPayload::Overrun(Vec::new()),
+                ),
+                Some(Change::Unknown),
+            ),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(classify(&message, 9), expected, "{message:?}");
+        }
+    }
+
+    #[test]
+    fn routes_through_a_gateway_of_the_other_family_keep_it() {
+        let dest: IpNet = "10.5.0.0/16".parse().unwrap();
+        let gateway = IpAddr::V6("fe80::1".parse().unwrap());
+        let message = route_message(dest, Some(gateway), 2, None).unwrap();
+        let route = our_route(&message).unwrap();
+        assert_eq!((route.gateway, route.metric), (Some(gateway), 0));
+        let mut foreign = message;
+        foreign.header.protocol = RouteProtocol::Static;
+        assert_eq!(our_route(&foreign), None);
     }
 }

@@ -55,7 +55,7 @@ impl TunOptions {
 pub const OFFLOAD_GSO: u32 =
     libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_USO4 | libc::TUN_F_USO6;
 
-/// TCP offloads only: what [`crate::io::offload`] splits and coalesces (partial checksums, TCP
+/// TCP offloads only: what [`crate::offload`] splits and coalesces (partial checksums, TCP
 /// super-segments over IPv4 and IPv6).
 pub const OFFLOAD_TCP: u32 = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
 

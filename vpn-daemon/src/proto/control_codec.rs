@@ -272,10 +272,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::config::{KeyDirection, TlsAuthDigest, TlsRole};
     use crate::proto::keys::tests::counting_key;
     use crate::proto::keys::StaticKey;
     use crate::proto::packet::{KeyId, SessionId, CONTROL_HEADER_LEN};
+    use crate::proto::vocabulary::{KeyDirection, TlsAuthDigest, TlsRole};
 
     const NOW_UNIX: u32 = 0x6543_2100;
     const CLIENT_SID: SessionId = SessionId([1, 2, 3, 4, 5, 6, 7, 8]);

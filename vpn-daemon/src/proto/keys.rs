@@ -14,7 +14,7 @@ use std::fmt;
 
 use zeroize::Zeroize;
 
-use crate::config::{KeyDirection, TlsRole};
+use super::vocabulary::{KeyDirection, TlsRole};
 
 /// Size of an OpenVPN static key: 2048 bits.
 pub const STATIC_KEY_BYTES: usize = 256;

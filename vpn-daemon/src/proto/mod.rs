@@ -18,3 +18,4 @@ mod session_tests;
 pub mod tls;
 pub mod tls_auth;
 pub mod tls_crypt;
+pub mod vocabulary;

@@ -20,7 +20,7 @@ use super::keys::StaticKey;
 use super::packet::CONTROL_HEADER_LEN;
 use super::tls_auth::TlsAuth;
 use super::tls_crypt::{TlsCrypt, TlsCryptError};
-use crate::config::{KeyDirection, TlsAuthDigest, TlsRole};
+use super::vocabulary::{KeyDirection, TlsAuthDigest, TlsRole};
 
 const OPENVPN: &str = "/usr/sbin/openvpn";
 const HARD_RESET_CLIENT_V2: u8 = 7;

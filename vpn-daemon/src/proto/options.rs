@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 
-use crate::config::{Cipher, KeyDirection, TlsRole, Topology};
+use super::vocabulary::{Cipher, KeyDirection, TlsRole, Topology};
 
 /// `IV_PROTO` bits (ssl.h `IV_PROTO_*`). Bit 0 is reserved: old servers tested
 /// `IV_PROTO >= 2` for DATA_V2, so anyone setting a bit must set [`DATA_V2`] too.

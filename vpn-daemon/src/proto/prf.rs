@@ -24,7 +24,7 @@ use sha1::Sha1;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::keys::{key_slots, slots_from_bytes, DirectionKeys, KeyIndex, KeySlots};
-use crate::config::{Cipher, TlsRole};
+use super::vocabulary::{Cipher, TlsRole};
 
 /// Size of the data-channel key block.
 pub const KEY_BLOCK_BYTES: usize = 256;

@@ -417,11 +417,11 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
-    use crate::config::{KeyDirection, TlsAuthDigest};
     use crate::proto::control_codec::{ControlCodec, ControlCodecError, Protection};
     use crate::proto::keys::tests::counting_key;
     use crate::proto::packet::{ControlHeader, ControlPacket, KeyId};
     use crate::proto::tls_auth::TlsAuth;
+    use crate::proto::vocabulary::{KeyDirection, TlsAuthDigest};
 
     fn secs(seconds: f64) -> Duration {
         Duration::from_secs_f64(seconds)

@@ -2,9 +2,9 @@
 //! stable assignment per common name, or the ccd `ifconfig-push`), which peer id, which client
 //! owns a destination address (its own address or an `iroute`), and what it is pushed.
 //!
-//! The I/O side (`io/server.rs`) owns one [`ServerState`] in its control task, asks it what to
-//! do when a client authenticates or leaves, and publishes the resulting [`RouteTable`] to the
-//! data-path threads.
+//! The server's runtime owns an [`AddressPool`], [`PeerIds`], a [`ServerPush`] and a
+//! [`SessionCookie`] in its control task, uses them when a client authenticates or leaves, and
+//! publishes a new [`RouteTable`] to the data-path threads after each change.
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
@@ -15,8 +15,24 @@ use sha2::Sha256;
 
 use super::options::PushOptions;
 use super::packet::{SessionId, PEER_ID_UNSET, SESSION_ID_LEN};
-use crate::config::ccd::ClientConfig;
-use crate::config::{IfconfigPool, Topology};
+use super::vocabulary::{IfconfigPool, Topology};
+
+/// What the server applies to one client beyond the server-wide settings: OpenVPN's per-client
+/// file in `client-config-dir`, named by the client's common name (`config::ccd` reads it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClientConfig {
+    /// `ifconfig-push LOCAL NETMASK|REMOTE`: the client's fixed address and, by topology, the
+    /// subnet mask (`subnet`) or the peer address of its /30 (`net30`).
+    pub ifconfig_push: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// `iroute NET MASK`: subnets behind this client, routed to it by the server.
+    pub iroutes: Vec<Ipv4Net>,
+    /// `push "..."`: extra options pushed to this client, verbatim, in file order.
+    pub push: Vec<String>,
+    /// `push-reset`: the server-wide pushed routes and options are not sent to this client.
+    pub push_reset: bool,
+    /// `disable`: the client is refused.
+    pub disable: bool,
+}
 
 /// One client's address: what it is told (`ifconfig` in the push) and where packets for it go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -28,7 +28,7 @@ use super::packet::{KeyId, Opcode, SessionId, PEER_ID_UNSET};
 use super::prf::{key_block_from_legacy_prf, KeyBlock, LegacyKeySource};
 use super::reliable::{Reliable, ReliableConfig};
 use super::tls;
-use crate::config::{Cipher, Keepalive, TlsRole, Transport};
+use super::vocabulary::{Cipher, Keepalive, TlsRole, Transport};
 
 /// Largest TLS payload put in one control packet (OpenVPN 2.6 `tls-mtu` default 1250 bytes for
 /// the whole packet; headers and protection take the rest).

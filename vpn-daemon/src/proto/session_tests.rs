@@ -32,7 +32,9 @@ use super::session::{
 use super::tls::{self, PeerChecks, PkiMaterial};
 use super::tls_auth::TlsAuth;
 use super::tls_crypt::TlsCrypt;
-use crate::config::{Cipher, Keepalive, KeyDirection, TlsAuthDigest, TlsRole, Topology, Transport};
+use super::vocabulary::{
+    Cipher, Keepalive, KeyDirection, TlsAuthDigest, TlsRole, Topology, Transport,
+};
 
 /// Wall-clock seconds at the simulated start (only the tls-auth/tls-crypt replay ids use it).
 const START_UNIX: u32 = 1_750_000_000;
@@ -247,7 +249,7 @@ fn server_push() -> PushOptions {
     }
 }
 
-/// A session configuration as io/tunnel.rs builds it.
+/// A session configuration as the runtime builds it from a tunnel's config.
 fn session_config(roles: Roles, role: TlsRole, ciphers: &[Cipher], wrap: Wrap) -> SessionConfig {
     let pki = pki();
     let tls = match role {

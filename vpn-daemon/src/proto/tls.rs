@@ -28,11 +28,12 @@
 //! [`server_config`]; tests pass a fixed clock to [`client_config_with_time`] and
 //! [`server_config_with_time`]), and handshakes draw randomness from ring's system RNG.
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
@@ -47,7 +48,7 @@ use rustls::{
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::prf::{key_block_from_ekm, KeyBlock, EKM_LABEL, KEY_BLOCK_BYTES};
-use crate::config::{CertUsage, Pki, Tunnel};
+use super::vocabulary::CertUsage;
 
 /// OpenVPN's longest accepted common name (ssl_verify.c `TLS_USERNAME_LEN`).
 pub const MAX_COMMON_NAME_BYTES: usize = 64;
@@ -65,7 +66,7 @@ pub enum TlsSetupError {
         /// Which file: "CA", "certificate", "private key", "CRL".
         what: &'static str,
         /// The path as configured.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
     },
@@ -91,6 +92,20 @@ pub enum TlsSetupError {
     /// The data-channel keys could not be exported (handshake not complete).
     #[error("cannot export the data-channel keys: {0}")]
     Export(Error),
+}
+
+/// Where the PEM files are (the config file's `[pki]`, paths resolved and checked to hold the
+/// right kind of PEM block).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PkiFiles {
+    /// CA certificate(s) that peer certificates must chain to.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key (unencrypted PEM).
+    pub key: PathBuf,
+    /// Optional certificate revocation list.
+    pub crl: Option<PathBuf>,
 }
 
 /// The CA roots, our certificate chain and key, and the CRLs, parsed and checked.
@@ -125,8 +140,8 @@ impl Clone for PkiMaterial {
 
 impl PkiMaterial {
     /// Reads the files named by `[pki]`.
-    pub fn load(pki: &Pki) -> Result<Self, TlsSetupError> {
-        let read = |what: &'static str, path: &std::path::Path| {
+    pub fn load(pki: &PkiFiles) -> Result<Self, TlsSetupError> {
+        let read = |what: &'static str, path: &Path| {
             std::fs::read(path).map_err(|source| TlsSetupError::Read {
                 what,
                 path: path.to_owned(),
@@ -262,16 +277,6 @@ pub struct PeerChecks {
     /// `verify-x509-name NAME name`: the common name must equal this exactly. (OpenVPN's
     /// default type, `subject`, compares the whole subject DN; we only offer `name`.)
     pub verify_x509_name: Option<String>,
-}
-
-impl PeerChecks {
-    /// The checks a tunnel's configuration asks for.
-    pub fn for_tunnel(tunnel: &Tunnel) -> Self {
-        Self {
-            remote_cert_tls: tunnel.remote_cert_tls,
-            verify_x509_name: tunnel.verify_x509_name.clone(),
-        }
-    }
 }
 
 /// Why our checks refused a peer certificate whose chain verified. Carried inside
@@ -509,11 +514,6 @@ impl ClientCertVerifier for OpenVpnClientVerifier {
 /// AES-GCM/ChaCha20) and groups (X25519, P-256, P-384).
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The signature algorithms the verifiers accept (for tests and diagnostics).
-pub fn supported_signature_algorithms() -> WebPkiSupportedAlgorithms {
-    provider().signature_verification_algorithms
 }
 
 /// The TLS client configuration (OpenVPN `tls-client`), checking time with the system clock.

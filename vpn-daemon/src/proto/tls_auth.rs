@@ -21,7 +21,7 @@ use zeroize::Zeroize;
 use super::control_replay::{ReplayId, REPLAY_ID_LEN};
 use super::keys::{DirectionKeys, StaticKey, KEY_SLOT_BYTES};
 use super::packet::CONTROL_HEADER_LEN;
-use crate::config::{KeyDirection, TlsAuthDigest};
+use super::vocabulary::{KeyDirection, TlsAuthDigest};
 
 /// HMAC output length of a tls-auth digest.
 pub fn digest_len(digest: TlsAuthDigest) -> usize {

@@ -31,7 +31,7 @@ use zeroize::Zeroize;
 use super::control_replay::{ReplayId, REPLAY_ID_LEN};
 use super::keys::{tls_crypt_direction, DirectionKeys, StaticKey, KEY_SLOT_BYTES};
 use super::packet::CONTROL_HEADER_LEN;
-use crate::config::TlsRole;
+use super::vocabulary::TlsRole;
 
 /// Length of the tls-crypt authentication tag (HMAC-SHA256).
 pub const TAG_LEN: usize = 32;

@@ -44,14 +44,12 @@ use super::packet::{
     PEER_ID_UNSET,
 };
 use super::prf::{AeadKey, IMPLICIT_IV_BYTES, NONCE_BYTES};
-use crate::config::Cipher;
+use crate::proto::vocabulary::Cipher;
 
 /// Length of the packet id in front of the tag.
 pub const PACKET_ID_LEN: usize = 4;
 /// Length of the AEAD tag (`OPENVPN_AEAD_TAG_LENGTH`).
 pub const TAG_LEN: usize = 16;
-/// Bytes a sealed packet adds to the framed payload: the largest header, packet id and tag.
-pub const MAX_OVERHEAD: usize = DATA_V2_HEADER_LEN + PACKET_ID_LEN + TAG_LEN;
 /// From this packet id on, OpenVPN starts a renegotiation (packet_id.h).
 pub const PACKET_ID_WRAP_TRIGGER: u32 = 0xFF00_0000;
 /// The keepalive ping payload (ping.c `ping_string`).

@@ -3,8 +3,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::TlsRole;
 use crate::proto::prf::{DataChannelKeys, KeyBlock, KEY_BLOCK_BYTES};
+use crate::proto::vocabulary::TlsRole;
 
 const ALL_FRAMINGS: [CompressionFraming; 4] = [
     CompressionFraming::None,

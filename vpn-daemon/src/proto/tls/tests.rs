@@ -643,7 +643,7 @@ fn describe_tls_error_names_the_peer_side_of_a_refusal() {
 fn example_pki_site_a_serves_site_b() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pki");
     let pki = |name: &str| {
-        PkiMaterial::load(&Pki {
+        PkiMaterial::load(&PkiFiles {
             ca: dir.join("ca.crt"),
             cert: dir.join(format!("{name}.crt")),
             key: dir.join(format!("{name}.key")),
@@ -668,7 +668,7 @@ fn example_pki_site_a_serves_site_b() {
     );
     assert!(outcome.client_error.is_some());
 
-    let missing = PkiMaterial::load(&Pki {
+    let missing = PkiMaterial::load(&PkiFiles {
         ca: dir.join("missing.crt"),
         cert: dir.join("site-a.crt"),
         key: dir.join("site-a.key"),

@@ -1,7 +1,7 @@
-//! What the eBPF maps should hold, computed from the config and the tunnels' live state. Pure:
-//! the daemon computes a [`FastPathPlan`] whenever a tunnel runtime signals a status change (and
-//! on a slow fallback tick) and `WanFilter::apply` makes the kernel match it, removing what is
-//! stale and adding what is missing (level-triggered, like a route reconcile loop).
+//! What the eBPF maps should hold, computed from the config and the node state. Pure: the
+//! daemon computes a [`FastPathPlan`] whenever the node state changes (and on a slow fallback
+//! tick) and `WanFilter::apply` makes the kernel match it, removing what is stale and adding
+//! what is missing (level-triggered, like the route reconciler).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -17,17 +17,9 @@ use vpn_common::{
     },
 };
 
-use crate::config::{Addressing, Config, Role, Transport, Tunnel};
-
-/// A running tunnel as the fast path sees it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LinkState {
-    /// The tunnel's session is established (its status says "established").
-    pub established: bool,
-    /// The outer addresses of the tunnel's connected peers (a server has one per client); they
-    /// are admitted at XDP while the tunnel is established.
-    pub peers: Vec<IpAddr>,
-}
+use crate::config::{Addressing, Config, Role, Tunnel};
+use crate::proto::vocabulary::Transport;
+use crate::state::{LinkPhase, NodeState, TunnelState};
 
 /// One link of a group, as the plan wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +62,8 @@ pub fn group_ids(config: &Config) -> BTreeMap<&str, u32> {
     names.into_iter().zip(0..).collect()
 }
 
-/// The plan for `config` with the tunnels in `links` running (by tunnel name) on `cpus` CPUs.
-pub fn plan(config: &Config, links: &BTreeMap<String, LinkState>, cpus: u32) -> FastPathPlan {
+/// The plan for `config` with the tunnels of `node` running, on `cpus` CPUs.
+pub fn plan(config: &Config, node: &NodeState, cpus: u32) -> FastPathPlan {
     let mut plan = FastPathPlan {
         tunnel_ports: tunnel_ports(config),
         protected: config
@@ -86,14 +78,14 @@ pub fn plan(config: &Config, links: &BTreeMap<String, LinkState>, cpus: u32) -> 
     for tunnel in &config.tunnels {
         plan.peers
             .extend(tunnel.remotes.iter().map(|remote| remote.ip()));
-        let Some(state) = links.get(&tunnel.name) else {
+        let Some(state) = node.get(&tunnel.name) else {
             continue;
         };
-        if state.established {
-            plan.peers.extend(state.peers.iter().copied());
+        if established(Some(state)) {
+            plan.peers.extend(state.peer_addresses());
         }
         plan.tun_sources
-            .insert(tunnel.device.clone(), allowed_sources(tunnel));
+            .insert(tunnel.device.clone(), allowed_sources(tunnel, state));
     }
     let ids = group_ids(config);
     for (name, &id) in &ids {
@@ -106,10 +98,7 @@ pub fn plan(config: &Config, links: &BTreeMap<String, LinkState>, cpus: u32) -> 
             for route in &tunnel.routes {
                 plan.steer_routes.insert(*route, id);
             }
-            if links
-                .get(&tunnel.name)
-                .is_some_and(|state| state.established)
-            {
+            if established(node.get(&tunnel.name)) {
                 live.push(PlannedLink {
                     device: tunnel.device.clone(),
                     weight: tunnel.fast_path.weight,
@@ -121,6 +110,11 @@ pub fn plan(config: &Config, links: &BTreeMap<String, LinkState>, cpus: u32) -> 
         plan.groups.insert(id, live);
     }
     plan
+}
+
+/// Whether a tunnel carries traffic: only then is it steered onto and its peers admitted.
+fn established(state: Option<&TunnelState>) -> bool {
+    state.is_some_and(|state| state.phase == LinkPhase::Established)
 }
 
 /// The transport ports the WAN filter polices, with whether unknown sources may start a
@@ -161,9 +155,10 @@ fn admission(config: &Config, cpus: u32) -> AdmissionConfig {
 }
 
 /// What a tunnel may send from: `allowed_sources` if given, else by role. p2p: the peer's
-/// tunnel address and the routed subnets; server: the client subnet and the routed subnets
-/// (OpenVPN's iroutes); client: anything (the server is our gateway to wherever it routes).
-pub fn allowed_sources(tunnel: &Tunnel) -> BTreeSet<IpNet> {
+/// tunnel address and the routed subnets; server: the client subnet, the routed subnets and
+/// its connected clients' iroutes (ccd files, known only at run time); client: anything (the
+/// server is our gateway to wherever it routes).
+pub fn allowed_sources(tunnel: &Tunnel, state: &TunnelState) -> BTreeSet<IpNet> {
     if let Some(list) = &tunnel.fast_path.allowed_sources {
         return list.iter().copied().collect();
     }
@@ -174,6 +169,9 @@ pub fn allowed_sources(tunnel: &Tunnel) -> BTreeSet<IpNet> {
         }
         Addressing::Server { subnet, .. } => {
             sources.insert(IpNet::V4(*subnet));
+            for client in &state.clients {
+                sources.extend(client.iroutes.iter().map(|iroute| IpNet::V4(*iroute)));
+            }
         }
         Addressing::Client => {
             sources.insert(IpNet::V4(Ipv4Net::default()));
@@ -188,6 +186,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::state::ClientInfo;
 
     const PKI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pki");
 
@@ -237,23 +236,22 @@ routes = ["10.2.0.0/16"]
             ),
             "[fast_path]\nprotected_prefixes = [\"10.2.0.0/16\"]\nhandshakes_per_sec = 10\n",
         );
-        let links = BTreeMap::from([
-            (
-                "site-b".to_owned(),
-                LinkState {
-                    established: true,
-                    peers: vec!["192.0.2.2".parse().unwrap()],
-                },
-            ),
-            (
-                "clients".to_owned(),
-                LinkState {
-                    established: true,
-                    peers: vec!["198.51.100.7".parse().unwrap()],
-                },
-            ),
+        let mut site_b = TunnelState::new(LinkPhase::Established);
+        site_b.peer = Some("192.0.2.2:1194".parse().unwrap());
+        let mut clients = TunnelState::new(LinkPhase::Established);
+        clients.clients = vec![ClientInfo {
+            common_name: "alice".into(),
+            virtual_address: "10.8.0.2".parse().unwrap(),
+            iroutes: vec!["192.168.50.0/24".parse().unwrap()],
+            real_address: "198.51.100.7:40000".parse().unwrap(),
+            peer_id: 0,
+            connected_since_unix: 0,
+        }];
+        let node = NodeState::from([
+            ("site-b".to_owned(), site_b),
+            ("clients".to_owned(), clients),
         ]);
-        let plan = plan(&config, &links, 4);
+        let plan = plan(&config, &node, 4);
         assert_eq!(
             plan.tunnel_ports,
             BTreeMap::from([
@@ -278,13 +276,19 @@ routes = ["10.2.0.0/16"]
                 .collect()
         };
         assert_eq!(sources("vpn-site-b"), ["10.2.0.0/16", "10.99.194.2/32"]);
-        assert_eq!(sources("vpn-clients"), ["10.8.0.0/24", "192.168.7.0/24"]);
+        assert_eq!(
+            sources("vpn-clients"),
+            ["10.8.0.0/24", "192.168.7.0/24", "192.168.50.0/24"],
+            "a connected client's iroute is an allowed source"
+        );
         assert!(plan.groups.is_empty() && plan.steer_routes.is_empty());
 
         // A client that is no longer connected is no longer admitted; configured remotes stay.
-        let mut links = links;
-        links.get_mut("clients").unwrap().established = false;
-        let plan = super::plan(&config, &links, 4);
+        let mut node = node;
+        let clients = node.get_mut("clients").unwrap();
+        clients.phase = LinkPhase::WaitingForClients;
+        clients.clients.clear();
+        let plan = super::plan(&config, &node, 4);
         let peers: Vec<String> = plan.peers.iter().map(ToString::to_string).collect();
         assert_eq!(peers, ["192.0.2.2"]);
     }
@@ -302,19 +306,16 @@ routes = ["10.2.0.0/16"]
             })
             .collect();
         let config = config(&tunnels, "");
-        let mut links: BTreeMap<String, LinkState> = (0..4)
+        let mut node: NodeState = (0..4)
             .map(|index| {
                 (
                     format!("l{index}"),
-                    LinkState {
-                        established: true,
-                        peers: Vec::new(),
-                    },
+                    TunnelState::new(LinkPhase::Established),
                 )
             })
             .collect();
-        links.get_mut("l2").unwrap().established = false;
-        let plan = plan(&config, &links, 1);
+        node.get_mut("l2").unwrap().phase = LinkPhase::Connecting;
+        let plan = plan(&config, &node, 1);
         assert_eq!(
             plan.steer_routes,
             BTreeMap::from([("10.2.0.0/16".parse().unwrap(), 0)])
