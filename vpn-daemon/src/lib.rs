@@ -6,14 +6,16 @@
 //! routes), `routes` (the route table), `offload` (virtio-net offloads), `io` (everything that
 //! touches the kernel: tun, sockets, netlink and the route reconciler, eBPF, control socket),
 //! `status`, and `daemon` (the event loop that owns the running state).
+#![warn(unreachable_pub)]
+
 pub mod config;
 pub mod daemon;
 pub mod import;
 pub mod io;
 pub mod offload;
-pub mod plan;
+pub(crate) mod plan;
 pub mod proto;
 pub mod routes;
-pub mod runtime;
+pub(crate) mod runtime;
 pub mod state;
 pub mod status;

@@ -34,7 +34,7 @@ pub(super) struct Problem {
 
 impl Problem {
     /// A problem with the value (or key) at `span`.
-    pub fn at(span: Range<usize>, reason: impl Into<String>) -> Self {
+    pub(super) fn at(span: Range<usize>, reason: impl Into<String>) -> Self {
         Problem {
             span: Some(span),
             reason: reason.into(),
@@ -42,7 +42,7 @@ impl Problem {
     }
 
     /// A problem that has no place in the text (reported at 1:1).
-    pub fn unplaced(reason: impl Into<String>) -> Self {
+    pub(super) fn unplaced(reason: impl Into<String>) -> Self {
         Problem {
             span: None,
             reason: reason.into(),
@@ -50,7 +50,7 @@ impl Problem {
     }
 
     /// Locates the problem in `text` (the whole config file).
-    pub fn locate(self, text: &str, file: &Path) -> ConfigError {
+    pub(super) fn locate(self, text: &str, file: &Path) -> ConfigError {
         let (line, column) = match self.span {
             Some(span) => line_column(text, span.start),
             None => (1, 1),

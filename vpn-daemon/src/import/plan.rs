@@ -20,7 +20,7 @@ pub(super) enum Source {
 
 impl Source {
     /// The path the TOML names.
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         match self {
             Source::File(path) | Source::Inline { path, .. } => path,
         }
@@ -99,7 +99,7 @@ impl Plan {
     /// Writes the inline blocks to their files (mode 0600: they may be private keys). An
     /// existing file with the same contents is left alone; one with other contents is an error,
     /// never overwritten.
-    pub fn write_inline_files(&self) -> Result<Vec<PathBuf>, ImportError> {
+    pub(super) fn write_inline_files(&self) -> Result<Vec<PathBuf>, ImportError> {
         let sources = [
             Some(&self.ca),
             Some(&self.cert),

@@ -18,7 +18,7 @@ const MAX_TOKENS: usize = 16;
 
 /// One option of the file, e.g. `remote 192.0.2.1 1194` or an inline `<ca>` block.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Directive {
+pub(super) struct Directive {
     /// 1-based line the directive (or its opening `<tag>`) is on.
     pub line: usize,
     /// The option name without any leading `--`, e.g. `remote`.
@@ -32,7 +32,7 @@ pub struct Directive {
 /// A line OpenVPN itself would refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
-pub struct SyntaxError {
+pub(super) struct SyntaxError {
     /// 1-based line.
     pub line: usize,
     /// What is wrong with it.
@@ -48,7 +48,7 @@ enum State {
 }
 
 /// Splits one line into tokens the way OpenVPN's `parse_line` does.
-pub fn split_line(line: &str) -> Result<Vec<String>, String> {
+pub(super) fn split_line(line: &str) -> Result<Vec<String>, String> {
     let mut tokens = Vec::new();
     let mut token = String::new();
     let mut state = State::Between;
@@ -120,7 +120,7 @@ pub fn split_line(line: &str) -> Result<Vec<String>, String> {
 
 /// Splits a whole config file into directives. Every malformed line is reported, not just the
 /// first.
-pub fn tokenize(text: &str) -> Result<Vec<Directive>, Vec<SyntaxError>> {
+pub(super) fn tokenize(text: &str) -> Result<Vec<Directive>, Vec<SyntaxError>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut directives = Vec::new();
     let mut errors = Vec::new();

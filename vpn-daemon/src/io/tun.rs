@@ -190,18 +190,6 @@ impl TunQueue {
         (&self.file).write(packet)
     }
 
-    /// Writes one plain IP packet, with an all-zero virtio-net header in front (no offload,
-    /// checksum complete) if the device has one; returns the IP packet bytes written.
-    pub fn write_packet(&self, packet: &[u8]) -> io::Result<usize> {
-        if !self.vnet_hdr {
-            return self.write(packet);
-        }
-        let header = [0u8; VNET_HDR_LEN];
-        let parts = [io::IoSlice::new(&header), io::IoSlice::new(packet)];
-        let written = (&self.file).write_vectored(&parts)?;
-        Ok(written.saturating_sub(VNET_HDR_LEN))
-    }
-
     /// Whether every read and [`write`](Self::write) carries a virtio-net header.
     pub fn vnet_hdr(&self) -> bool {
         self.vnet_hdr

@@ -16,9 +16,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// A batch size that amortises the syscall well without holding many buffers.
-pub const DEFAULT_BATCH: usize = 64;
-
 /// How long [`SendBatch::flush`] keeps retrying while the socket or device queue is full before
 /// it drops (and counts) the datagrams it could not send.
 const SEND_RETRY_BUDGET: Duration = Duration::from_secs(1);

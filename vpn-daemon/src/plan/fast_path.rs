@@ -53,7 +53,7 @@ pub struct FastPathPlan {
 }
 
 /// Group ids by group name: sorted names numbered from 0 (stable for a given config).
-pub fn group_ids(config: &Config) -> BTreeMap<&str, u32> {
+pub(crate) fn group_ids(config: &Config) -> BTreeMap<&str, u32> {
     let names: BTreeSet<&str> = config
         .tunnels
         .iter()
@@ -63,7 +63,7 @@ pub fn group_ids(config: &Config) -> BTreeMap<&str, u32> {
 }
 
 /// The plan for `config` with the tunnels of `node` running, on `cpus` CPUs.
-pub fn plan(config: &Config, node: &NodeState, cpus: u32) -> FastPathPlan {
+pub(crate) fn plan(config: &Config, node: &NodeState, cpus: u32) -> FastPathPlan {
     let mut plan = FastPathPlan {
         tunnel_ports: tunnel_ports(config),
         protected: config
@@ -119,7 +119,7 @@ fn established(state: Option<&TunnelState>) -> bool {
 
 /// The transport ports the WAN filter polices, with whether unknown sources may start a
 /// handshake there: a server accepts new clients; a p2p end without a remote waits for anyone.
-pub fn tunnel_ports(config: &Config) -> BTreeMap<TunnelPortKey, u8> {
+pub(crate) fn tunnel_ports(config: &Config) -> BTreeMap<TunnelPortKey, u8> {
     config
         .tunnels
         .iter()
@@ -158,7 +158,7 @@ fn admission(config: &Config, cpus: u32) -> AdmissionConfig {
 /// tunnel address and the routed subnets; server: the client subnet, the routed subnets and
 /// its connected clients' iroutes (ccd files, known only at run time); client: anything (the
 /// server is our gateway to wherever it routes).
-pub fn allowed_sources(tunnel: &Tunnel, state: &TunnelState) -> BTreeSet<IpNet> {
+pub(crate) fn allowed_sources(tunnel: &Tunnel, state: &TunnelState) -> BTreeSet<IpNet> {
     if let Some(list) = &tunnel.fast_path.allowed_sources {
         return list.iter().copied().collect();
     }

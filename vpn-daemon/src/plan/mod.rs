@@ -1,4 +1,4 @@
 //! Planners: pure functions of the config and the node state that say what the kernel should
 //! hold. The daemon runs them whenever the node state changes; io/ makes the kernel match.
-pub mod fast_path;
-pub mod routes;
+pub(crate) mod fast_path;
+pub(crate) mod routes;

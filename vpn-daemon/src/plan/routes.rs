@@ -12,7 +12,7 @@ use crate::state::{NodeState, TunnelState};
 
 /// The route table for `config` with the tunnels of `node` running. A tunnel that is not
 /// running owns nothing (its tun device is gone, and with it every route through it).
-pub fn route_table(config: &Config, node: &NodeState) -> RouteTable {
+pub(crate) fn route_table(config: &Config, node: &NodeState) -> RouteTable {
     let mut table = RouteTable::default();
     for tunnel in &config.tunnels {
         let Some(state) = node.get(&tunnel.name) else {
@@ -80,7 +80,11 @@ fn accepted_pushed_routes<'a>(
 /// `redirect-gateway def1` pushes) and any route covering the server's own outer address are
 /// refused unless the tunnel accepts them: either would pull the tunnel's own packets into the
 /// tunnel, or hand all traffic to a server that may not be meant to carry it.
-pub fn pushed_route_accepted(tunnel: &Tunnel, server: Option<IpAddr>, route: Ipv4Net) -> bool {
+pub(crate) fn pushed_route_accepted(
+    tunnel: &Tunnel,
+    server: Option<IpAddr>,
+    route: Ipv4Net,
+) -> bool {
     if tunnel.accept_pushed_default_route {
         return true;
     }

@@ -48,7 +48,7 @@ use single::SingleDriver;
 const CONTROL_QUEUE: usize = 4096;
 
 /// A running tunnel of any role.
-pub struct TunnelRuntime {
+pub(crate) struct TunnelRuntime {
     name: String,
     server: bool,
     path: Arc<DataPath>,
@@ -60,7 +60,7 @@ pub struct TunnelRuntime {
 impl TunnelRuntime {
     /// Creates the tun device and socket and starts the tunnel; its state and events go on
     /// `bus`.
-    pub async fn start(
+    pub(crate) async fn start(
         config: &Config,
         tunnel: &Tunnel,
         netlink: Arc<Netlink>,
@@ -161,12 +161,12 @@ impl TunnelRuntime {
     }
 
     /// The tunnel's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The data-path counters by name (a server's also count its clients).
-    pub fn counters(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn counters(&self) -> BTreeMap<String, u64> {
         let mut counters = self.path.counters.snapshot();
         if self.server {
             let state = self.publisher.current();
@@ -178,7 +178,7 @@ impl TunnelRuntime {
 
     /// Says goodbye to the peer(s), stops the threads and removes the tun device (and with it
     /// the routes through it); the tunnel's entry leaves the node state.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
         self.publisher.remove();

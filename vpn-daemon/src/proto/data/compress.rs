@@ -36,9 +36,9 @@ pub const V2_UNCOMPRESSED_BYTE: u8 = 0x00;
 /// algorithm number `COMP_ALGV2_UNCOMPRESSED` (10) rather than the byte 0 its own decoders
 /// want. We accept it on receive (it is unambiguous) and send the byte 0. Only non-IP payloads
 /// (starting with `0x50`) are affected.
-pub const V2_UNCOMPRESSED_OPENVPN_ESCAPE: u8 = 10;
+pub(super) const V2_UNCOMPRESSED_OPENVPN_ESCAPE: u8 = 10;
 /// V2 header second bytes of compressed packets: LZ4, LZO, Snappy.
-pub const V2_COMPRESSED_BYTES: [u8; 3] = [0x01, 0x02, 0x03];
+pub(super) const V2_COMPRESSED_BYTES: [u8; 3] = [0x01, 0x02, 0x03];
 
 /// How the data-channel plaintext is framed for compression (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
