@@ -183,30 +183,11 @@ pub(crate) fn allowed_sources(tunnel: &Tunnel, state: &TunnelState) -> BTreeSet<
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::state::ClientInfo;
 
-    const PKI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pki");
-
     fn config(tunnels: &str, extra: &str) -> Config {
-        let text = format!(
-            r#"version = 1
-[node]
-name = "n"
-control_socket = "/tmp/n.sock"
-[pki]
-ca = "{PKI}/ca.crt"
-cert = "{PKI}/site-a.crt"
-key = "{PKI}/site-a.key"
-[interfaces]
-wan = "wan0"
-lan = "lan0"
-{extra}
-{tunnels}"#
-        );
-        Config::parse(&text, Path::new("/tmp/n.toml")).unwrap_or_else(|error| panic!("{error}"))
+        super::super::test_config(&format!("{extra}\n{tunnels}"))
     }
 
     fn p2p(name: &str, port: u16, group: Option<(&str, u32)>, remote: &str) -> String {

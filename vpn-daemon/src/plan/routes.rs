@@ -95,27 +95,13 @@ pub(crate) fn pushed_route_accepted(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::state::{ClientInfo, LinkPhase};
 
-    const PKI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pki");
-
     /// A p2p link routing 10.2.0.0/16, a net30 server with its clients, and a client tunnel.
     fn config(client_extra: &str) -> Config {
-        let text = format!(
-            r#"version = 1
-[node]
-name = "n"
-control_socket = "/tmp/n.sock"
-[pki]
-ca = "{PKI}/ca.crt"
-cert = "{PKI}/site-a.crt"
-key = "{PKI}/site-a.key"
-[interfaces]
-wan = "wan0"
-[[tunnel]]
+        super::super::test_config(&format!(
+            r#"[[tunnel]]
 name = "link"
 role = "p2p"
 tls = "server"
@@ -135,8 +121,7 @@ role = "client"
 remote = ["198.51.100.1:1194"]
 {client_extra}
 "#
-        );
-        Config::parse(&text, Path::new("/tmp/n.toml")).unwrap_or_else(|error| panic!("{error}"))
+        ))
     }
 
     fn client(common_name: &str, iroutes: &[&str]) -> ClientInfo {
