@@ -4,7 +4,7 @@
 //! swapped as a whole whenever a peer comes or goes.
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,8 @@ impl Clock {
 pub(crate) struct TcpSender {
     queue: std_mpsc::SyncSender<Vec<u8>>,
     queued_bytes: Arc<AtomicUsize>,
+    /// Set by the writer when it gives up: queued chunks are never written.
+    closed: Arc<AtomicBool>,
     stream: Arc<TcpStream>,
 }
 
@@ -82,11 +84,14 @@ impl TcpSender {
         // Messages are whole batches of frames; the byte bound is what limits memory.
         let (queue, chunks) = std_mpsc::sync_channel::<Vec<u8>>(1024);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let (writer, queued) = (stream.clone(), queued_bytes.clone());
+        let closed = Arc::new(AtomicBool::new(false));
+        let (writer, queued, writer_closed) =
+            (stream.clone(), queued_bytes.clone(), closed.clone());
         super::spawn_named(name, move || {
             for chunk in chunks {
                 queued.fetch_sub(chunk.len(), Ordering::Relaxed);
                 if (&*writer).write_all(&chunk).is_err() {
+                    writer_closed.store(true, Ordering::Relaxed);
                     let _ = writer.shutdown(std::net::Shutdown::Both);
                     return;
                 }
@@ -95,6 +100,7 @@ impl TcpSender {
         Ok(TcpSender {
             queue,
             queued_bytes,
+            closed,
             stream,
         })
     }
@@ -108,6 +114,9 @@ impl TcpSender {
 
     /// Queues already framed bytes (several packets back to back).
     pub(crate) fn send_frames(&self, frames: Vec<u8>) -> Result<(), TcpSendError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(TcpSendError::Closed);
+        }
         let len = frames.len();
         if self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len > TCP_QUEUE_BYTES {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
@@ -358,6 +367,56 @@ pub(crate) fn outer_ipv6(peer: &Peer) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tcp_peer_that_stops_reading_is_refused_then_disconnected_never_waited_for() {
+        use std::io::Read as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dialled = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut stalled_peer, _) = listener.accept().unwrap();
+        let sender =
+            TcpSender::start(dialled, "test-w".into(), Duration::from_millis(300)).unwrap();
+        // The peer reads nothing: once the socket buffers and the queue are full, sends are
+        // refused at once; the writer, stuck for longer than its timeout, gives up and closes
+        // the connection.
+        let chunk = vec![0u8; 64 * 1024];
+        let started = Instant::now();
+        let (mut refused, mut slowest) = (0, Duration::ZERO);
+        loop {
+            let before = Instant::now();
+            let sent = sender.send_frames(chunk.clone());
+            slowest = slowest.max(before.elapsed());
+            match sent {
+                Ok(()) => {}
+                Err(TcpSendError::Full) => refused += 1,
+                Err(TcpSendError::Closed) => break,
+                Err(error) => panic!("unexpected {error:?}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the writer never gave up on the stalled peer"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(refused > 0, "a full queue refuses");
+        assert!(
+            slowest < Duration::from_millis(100),
+            "sending never waits for the peer (slowest send {slowest:?})"
+        );
+        // The peer finds the end of the stream after what was written.
+        stalled_peer
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut sink = vec![0u8; 1 << 20];
+        loop {
+            match stalled_peer.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(error) => panic!("the connection was not closed: {error}"),
+            }
+        }
+    }
 
     fn peer(peer_id: u32, address: &str) -> Arc<Peer> {
         Arc::new(Peer::new(
