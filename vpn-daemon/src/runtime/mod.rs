@@ -5,14 +5,14 @@
 //! with one peer, [`server`] one per client with pool, peer ids and ccd.
 //!
 //! ```text
-//!                    ┌──────────── TunnelRuntime (one per [[tunnel]]) ─────────────┐
-//!   config, PKI ───► │ setup: tun + offloads, socket, session config, protection   │
-//!                    │                                                              │
-//!                    │ control task (tokio): SingleDriver | ServerDriver ── Sessions│──► bus: TunnelState (watch),
-//!                    │      ▲ ControlInput (try_send)     │ Peers (ArcSwap)         │        ClientEvent (broadcast)
-//!                    │      │                             ▼                         │
-//!                    │ data-path threads: tun→wire, wire→tun (UDP), TCP readers/writers
-//!                    └──────────────────────────────────────────────────────────────┘
+//!               ┌─────────────── TunnelRuntime (one per [[tunnel]]) ───────────────┐
+//! config, PKI ─►│ setup: tun + TCP offloads, socket, session config, protection    │
+//!               │                                                                  │
+//!               │ control task (tokio): SingleDriver | ServerDriver, Session(s)    │─► bus: TunnelState (watch)
+//!               │      ▲ ControlInput (try_send)       │ Peers (ArcSwap)           │        ClientEvent (broadcast)
+//!               │      │                               ▼                           │
+//!               │ data-path threads: tun→wire, wire→tun (UDP), TCP readers/writers │
+//!               └──────────────────────────────────────────────────────────────────┘
 //! ```
 //! The runtime installs no routes itself: it publishes what it knows (pushed routes, connected
 //! clients and their iroutes) and the daemon's route planner turns that into the one route
@@ -83,7 +83,7 @@ impl TunnelRuntime {
             Transport::Udp => Some(Arc::new(setup::bind_udp(tunnel)?)),
             Transport::Tcp => None,
         };
-        // Only a server, or a p2p TLS server with a local address and no remote, accepts;
+        // Only a server, or a p2p TLS server without a remote, accepts;
         // everyone else dials out.
         let listener = match tunnel.transport {
             Transport::Tcp if server || (role == TlsRole::Server && tunnel.remotes.is_empty()) => {
