@@ -1,7 +1,9 @@
 //! Crafted frames sent through an AF_PACKET socket, for traffic no ordinary socket can produce
-//! (truncated headers, odd ethertypes).
+//! (truncated headers, odd ethertypes), and UDP datagrams with a forged source through a raw
+//! IPv4 socket.
 
 use std::ffi::CString;
+use std::net::SocketAddrV4;
 
 use anyhow::{bail, Context as _};
 
@@ -42,6 +44,61 @@ pub fn send_raw_frame(ifname: &str, frame: &[u8]) -> anyhow::Result<()> {
     unsafe { libc::close(fd) };
     if sent < 0 {
         bail!("sendto on {ifname}: {error}");
+    }
+    Ok(())
+}
+
+/// Sends one UDP datagram from `source` to `destination` through a raw IPv4 socket in the
+/// calling thread's namespace: the source may be an address and port another socket holds (a
+/// forged packet "from" a running peer). The UDP checksum is left zero (none, as IPv4 allows);
+/// the kernel fills in the IP checksum, id and total length.
+pub fn send_udp_from(
+    source: SocketAddrV4,
+    destination: SocketAddrV4,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let udp_len = u16::try_from(8 + payload.len()).context("datagram too long")?;
+    let total = udp_len.checked_add(20).context("datagram too long")?;
+    let mut packet = Vec::with_capacity(usize::from(total));
+    packet.extend_from_slice(&[0x45, 0]);
+    packet.extend_from_slice(&total.to_be_bytes());
+    // id (kernel-filled), DF, TTL 64, UDP, checksum (kernel-filled).
+    packet.extend_from_slice(&[0, 0, 0x40, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
+    packet.extend_from_slice(&source.ip().octets());
+    packet.extend_from_slice(&destination.ip().octets());
+    packet.extend_from_slice(&source.port().to_be_bytes());
+    packet.extend_from_slice(&destination.port().to_be_bytes());
+    packet.extend_from_slice(&udp_len.to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(payload);
+    // SAFETY: plain socket(2) call; the fd is closed below. IPPROTO_RAW implies IP_HDRINCL.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        bail!(
+            "socket(AF_INET, SOCK_RAW): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: sockaddr_in is plain data; zeroed is a valid value that we then fill in.
+    let mut address: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    address.sin_family = libc::AF_INET as libc::sa_family_t;
+    address.sin_addr.s_addr = u32::from(*destination.ip()).to_be();
+    // SAFETY: buffer and address are valid for the lengths passed.
+    let sent = unsafe {
+        libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&address as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: fd is ours and closed once.
+    unsafe { libc::close(fd) };
+    if sent < 0 {
+        bail!("sendto {destination} from {source}: {error}");
     }
     Ok(())
 }
