@@ -255,6 +255,18 @@ fn attack_server(site: &TwoSites, mut packet: impl FnMut() -> Vec<u8>) {
     }
 }
 
+/// Three rounds of HARD_RESET_SERVER_V2 with fresh random session ids, as if from b's address
+/// (its port and another), to a; `pause` after each.
+fn forge_server_resets(site: &TwoSites, pause: Duration) {
+    for _ in 0..3 {
+        let reset = hard_reset(Opcode::HardResetServerV2, random_session_id())
+            .to_vec()
+            .expect("encoding the reset");
+        forge(site, "b", site.b_wan(), site.a_wan(), reset);
+        std::thread::sleep(pause);
+    }
+}
+
 fn assert_link_kept(site: &TwoSites, b: &Daemon) {
     assert_eq!(tunnel_state(b), "established", "b:\n{}", b.log());
     assert_eq!(
@@ -335,18 +347,7 @@ fn a_tls_client_ignores_forged_server_resets() {
             dir_suffix: "",
         },
     );
-    for _ in 0..3 {
-        forge(
-            &site,
-            "b",
-            site.b_wan(),
-            site.a_wan(),
-            hard_reset(Opcode::HardResetServerV2, random_session_id())
-                .to_vec()
-                .expect("encoding the reset"),
-        );
-        std::thread::sleep(Duration::from_millis(700));
-    }
+    forge_server_resets(&site, Duration::from_millis(700));
     // Bound to a forged session id, the client would refuse the real server's reset until its
     // 60 s handshake window ran out; it must come up at once instead.
     let b = start_end(
@@ -378,18 +379,7 @@ fn a_tls_client_ignores_forged_server_resets() {
     let dropped = counter(&a, "control_dropped");
     assert_ping_survives(&site, &a, &b, || {
         std::thread::sleep(Duration::from_secs(1));
-        for _ in 0..3 {
-            forge(
-                &site,
-                "b",
-                site.b_wan(),
-                site.a_wan(),
-                hard_reset(Opcode::HardResetServerV2, random_session_id())
-                    .to_vec()
-                    .expect("encoding the reset"),
-            );
-            std::thread::sleep(Duration::from_millis(1500));
-        }
+        forge_server_resets(&site, Duration::from_millis(1500));
     });
     assert_eq!(tunnel_state(&a), "established", "a:\n{}", a.log());
     assert_eq!(peer_of(&a), site.b_wan().to_string());

@@ -284,29 +284,9 @@ fn openvpn_up(topology: &Topology, pki: &Pki) -> anyhow::Result<UpLeg> {
         OVPN_A,
         OVPN_B,
     );
-    for config in [&mut server, &mut client] {
-        config.port = TUNNEL_PORT;
-        config.dev = "bench-ovpn".to_owned();
-        config.cipher = "AES-256-GCM".to_owned();
-    }
-    let server = OpenVpnPeer::start(&topology.b, &server, pki)?;
-    let client = OpenVpnPeer::start(&topology.a, &client, pki)?;
-    for peer in [&server, &client] {
-        peer.wait_for_log("Initialization Sequence Completed", Duration::from_secs(30))?;
-    }
-    wait_for_ping(&topology.a, OVPN_B.into(), Duration::from_secs(10))?;
-    let cipher = client
-        .log()
-        .lines()
-        .rfind(|line| line.contains("Data Channel: cipher"))
-        .map(|line| line.trim().to_owned())
-        .unwrap_or_default();
-    Ok(UpLeg {
-        target: OVPN_B.into(),
-        vpn_pids: vec![client.pid(), server.pid()],
-        info: json!({ "cipher": cipher, "config_b": server.config_text() }),
-        _keep: Box::new((server, client)),
-    })
+    server.dev = "bench-ovpn".to_owned();
+    client.dev = "bench-ovpn".to_owned();
+    start_openvpn_pair(topology, pki, server, client, OVPN_B)
 }
 
 /// Stock OpenVPN in `server` mode (topology subnet) in b and one stock client in a.
@@ -315,6 +295,18 @@ fn openvpn_server_up(topology: &Topology, pki: &Pki) -> anyhow::Result<UpLeg> {
     server.dev = "bench-ovsrv".to_owned();
     let mut client = OpenVpnConfig::client(vec![SocketAddr::new(IP_B.into(), TUNNEL_PORT)]);
     client.dev = "bench-ovcli".to_owned();
+    start_openvpn_pair(topology, pki, server, client, OVPN_SERVER)
+}
+
+/// Starts stock OpenVPN with `server` in b and `client` in a (the tunnel port, AES-256-GCM),
+/// and waits until `target` (b's tunnel address) answers from a.
+fn start_openvpn_pair(
+    topology: &Topology,
+    pki: &Pki,
+    mut server: OpenVpnConfig,
+    mut client: OpenVpnConfig,
+    target: Ipv4Addr,
+) -> anyhow::Result<UpLeg> {
     for config in [&mut server, &mut client] {
         config.port = TUNNEL_PORT;
         config.cipher = "AES-256-GCM".to_owned();
@@ -324,7 +316,7 @@ fn openvpn_server_up(topology: &Topology, pki: &Pki) -> anyhow::Result<UpLeg> {
     for peer in [&server, &client] {
         peer.wait_for_log("Initialization Sequence Completed", Duration::from_secs(30))?;
     }
-    wait_for_ping(&topology.a, OVPN_SERVER.into(), Duration::from_secs(10))?;
+    wait_for_ping(&topology.a, target.into(), Duration::from_secs(10))?;
     let cipher = client
         .log()
         .lines()
@@ -332,7 +324,7 @@ fn openvpn_server_up(topology: &Topology, pki: &Pki) -> anyhow::Result<UpLeg> {
         .map(|line| line.trim().to_owned())
         .unwrap_or_default();
     Ok(UpLeg {
-        target: OVPN_SERVER.into(),
+        target: target.into(),
         vpn_pids: vec![client.pid(), server.pid()],
         info: json!({ "cipher": cipher, "config_b": server.config_text() }),
         _keep: Box::new((server, client)),
