@@ -355,12 +355,7 @@ impl ServerDriver {
 
     /// Sends a control packet to the client at `address`.
     fn transmit(&self, address: SocketAddr, packet: &[u8]) {
-        match self.tcp_streams.get(&address) {
-            Some(sender) => self
-                .path
-                .send_raw(&PeerWire::Tcp(sender.clone()), address, packet),
-            None => self.path.send_raw(&PeerWire::Udp, address, packet),
-        };
+        self.path.send_raw(&self.wire_of(address), address, packet);
     }
 
     /// The data-path peer of the admitted client at `address`.

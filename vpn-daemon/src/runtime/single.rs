@@ -253,7 +253,16 @@ impl SingleDriver {
 
     /// Points the data path at a new peer (its keys start empty).
     fn set_peer(&mut self, address: SocketAddr, wire: PeerWire) {
-        let peer = Arc::new(Peer::new(0, address, wire, self.path.clock.now_ms()));
+        self.adopt_peer(Arc::new(Peer::new(
+            0,
+            address,
+            wire,
+            self.path.clock.now_ms(),
+        )));
+    }
+
+    /// `peer` becomes the one the data path sends to and receives from.
+    fn adopt_peer(&mut self, peer: Arc<Peer>) {
         self.path
             .peers
             .store(Arc::new(Peers::single(Some(peer.clone()))));
@@ -480,12 +489,10 @@ impl SingleDriver {
             previous = ?previous,
             "the peer's new session is established and replaces the running one"
         );
-        if let Some(old) = self.peer.replace(candidate.peer.clone()) {
+        if let Some(old) = self.peer.take() {
             old.clear_keys();
         }
-        self.path
-            .peers
-            .store(Arc::new(Peers::single(Some(candidate.peer))));
+        self.adopt_peer(candidate.peer);
         self.session = Some(candidate.session);
         self.publish_established(params, peer_common_name);
     }
@@ -629,10 +636,7 @@ impl SingleDriver {
         if let Some(candidate) = self.candidate.take() {
             if !candidate.session.is_ended() {
                 tracing::info!(tunnel = %self.tunnel.name, peer = %candidate.peer.address, "continuing with the peer's new session");
-                self.path
-                    .peers
-                    .store(Arc::new(Peers::single(Some(candidate.peer.clone()))));
-                self.peer = Some(candidate.peer);
+                self.adopt_peer(candidate.peer);
                 self.session = Some(candidate.session);
                 self.set_phase(LinkPhase::Connecting, None);
             }
